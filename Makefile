@@ -1,0 +1,70 @@
+# fleetmesh.envoy: the two commands a new user needs are `make demo` and `make test`.
+# Both set up everything they need on a fresh Debian 12 machine (as root), idempotently.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+ROOT := $(CURDIR)
+export FLEETMESH_CACHE ?= /var/cache/fleetmesh
+export CONTAINERS_CONF := $(ROOT)/tools/lab/containers.conf
+export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
+export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.build/collections
+export PATH := $(ROOT)/.venv/bin:$(PATH)
+IMAGE_TAG := $(shell sha256sum tools/lab/build-images.sh | cut -c1-12)
+export FLEETMESH_DEBIAN_IMAGE := localhost/fleetmesh-lab-debian12:$(IMAGE_TAG)
+export FLEETMESH_RHEL_IMAGE := $(or $(FLEETMESH_EL9_IMAGE),localhost/fleetmesh-lab-el9-emulated:$(IMAGE_TAG))
+N ?= 3
+
+.PHONY: help setup kube-build demo test lab-up lab-down lint sanity unit integration molecule bench lock build clean
+
+help:
+	@echo "make demo   run the main job on the embedded lab (sets everything up)"
+	@echo "make test   run the whole test suite (sets everything up)"
+	@echo "other: setup kube-build lab-up [N=3] lab-down lint sanity unit integration molecule bench build lock"
+
+setup:
+	@tools/setup.sh apt venv envoy images link
+
+kube-build: setup
+	@tools/setup.sh kube
+
+lab-up: setup
+	@tools/lab/lab.sh up $(N)
+
+lab-down:
+	@tools/lab/lab.sh down
+
+demo: setup lab-up
+	ansible-playbook playbooks/lab_demo.yml
+
+# The whole suite runs under one pytest so CI ends with pytest's summary line. Quality
+# gates (ruff, yamllint, ansible-lint, ansible-test sanity) and molecule are pytest tests too.
+test: setup
+	pytest -p no:cacheprovider tests/quality tests/unit tests/integration tests/molecule
+
+lint: setup
+	pytest -p no:cacheprovider tests/quality -k "not sanity"
+
+sanity: setup
+	pytest -p no:cacheprovider tests/quality -k sanity
+
+unit: setup
+	pytest -p no:cacheprovider tests/unit
+
+integration: setup
+	pytest -p no:cacheprovider tests/integration
+
+molecule: setup
+	pytest -p no:cacheprovider tests/molecule
+
+bench: setup
+	python tests/bench/run.py
+
+build: setup
+	ansible-galaxy collection build --force --output-path .build/dist
+
+lock:
+	python3 -m venv .build/lockvenv && .build/lockvenv/bin/pip install -q -r requirements.in
+	{ echo "# Generated from requirements.in with 'make lock' on Python 3.11. Do not edit."; \
+	  .build/lockvenv/bin/pip freeze --all | grep -v -E '^(pip|setuptools|wheel)=='; } > requirements.lock
+
+clean: lab-down
+	rm -rf .build .lab

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One-command set-up for a fresh Debian 12 machine (run as root). Idempotent: when everything
+# is in place it only checks, in a few seconds.
+#
+#   tools/setup.sh [apt] [venv] [envoy] [images] [kube] [link]   (default: all but kube)
+#
+# Caches live outside the work tree, under FLEETMESH_CACHE (default /var/cache/fleetmesh), so
+# a fresh clone on the same machine reuses them.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cache="${FLEETMESH_CACHE:-/var/cache/fleetmesh}"
+export CONTAINERS_CONF="${CONTAINERS_CONF:-$root/tools/lab/containers.conf}"
+steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(apt venv envoy images link)
+say() { echo "setup: $*"; }
+die() { echo "setup: ERROR: $*" >&2; exit 2; }
+
+APT_PACKAGES=(podman runc netavark mmdebstrap rpm createrepo-c dpkg-dev fakeroot openssh-client
+  iproute2 curl ca-certificates gzip unzip git make python3-venv)
+
+step_apt() {
+  [ -r /etc/debian_version ] || die "this set-up needs Debian 12 (no /etc/debian_version found)"
+  local missing=() p
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && { say "apt packages present"; return; }
+  [ "$(id -u)" -eq 0 ] || die "apt packages missing (${missing[*]}); run 'make setup' as root or: sudo apt-get install ${missing[*]}"
+  say "installing apt packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+step_venv() {
+  local py="${FLEETMESH_PYTHON:-python3}" key dir
+  command -v "$py" >/dev/null || die "python3 is missing; install Python 3.11 (apt-get install python3 python3-venv)"
+  "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+    || die "the lock file is for Python 3.11; '$py' is $("$py" -V 2>&1). Set FLEETMESH_PYTHON to a 3.11 interpreter"
+  key="$( (cat "$root/requirements.lock"; "$py" -V) | sha256sum | cut -c1-16)"
+  dir="$cache/venv/$key"
+  if [ ! -f "$dir/.complete" ]; then
+    say "creating virtualenv $dir from requirements.lock (about 1-2 min)"
+    rm -rf "$dir"; mkdir -p "$cache/venv"
+    "$py" -m venv "$dir"
+    "$dir/bin/pip" install -q --upgrade pip
+    "$dir/bin/pip" install -q -r "$root/requirements.lock"
+    touch "$dir/.complete"
+  else
+    say "virtualenv up to date ($dir)"
+  fi
+  ln -sfn "$dir" "$root/.venv"
+}
+
+step_envoy() { "$root/tools/fetch-envoy.sh"; }
+step_images() { "$root/tools/lab/build-images.sh"; }
+step_kube() { "$root/tests/harness/build-kube.sh"; }
+step_link() {
+  mkdir -p "$root/.build/collections/ansible_collections/fleetmesh"
+  ln -sfn ../../../.. "$root/.build/collections/ansible_collections/fleetmesh/envoy"
+}
+
+for s in "${steps[@]}"; do "step_$s"; done
