@@ -10,7 +10,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${FLEETMESH_CACHE:-/var/cache/fleetmesh}"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$root/tools/lab/containers.conf}"
-steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(apt venv envoy images link)
+steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(apt venv envoy images sanity link)
 say() { echo "setup: $*"; }
 die() { echo "setup: ERROR: $*" >&2; exit 2; }
 
@@ -53,6 +53,17 @@ step_venv() {
 step_envoy() { "$root/tools/fetch-envoy.sh"; }
 step_images() { "$root/tools/lab/build-images.sh"; }
 step_kube() { "$root/tests/harness/build-kube.sh"; }
+# ansible-test sanity gets a HOME of its own, holding its per-test virtualenvs and a local
+# stand-in for its pip bootstrap download (see tools/ansible-test-get-pip.py).
+step_sanity() {
+  local home="$cache/ansible-test-home" pipv
+  pipv="$("$root/.venv/bin/python" -c 'from ansible_test._internal.python_requirements import get_venv_packages as g; print(g(type("P", (), {"version": "3.11"})())["pip"])')"
+  local dir="$home/.ansible/test/cache"
+  mkdir -p "$dir"
+  ls "$dir"/pip-"$pipv"-*.whl >/dev/null 2>&1 || "$root/.venv/bin/pip" download -q --no-deps -d "$dir" "pip==$pipv"
+  cp "$root/tools/ansible-test-get-pip.py" "$dir/get_pip_${pipv//./_}.py"
+}
+
 step_link() {
   mkdir -p "$root/.build/collections/ansible_collections/fleetmesh"
   ln -sfn ../../../.. "$root/.build/collections/ansible_collections/fleetmesh/envoy"
