@@ -15,6 +15,6 @@ here = os.path.dirname(os.path.abspath(__file__))
 args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
 wheels = sorted(glob.glob(os.path.join(here, "pip-*.whl")))
 if not wheels:
-    sys.exit("ansible-test-get-pip: no pip wheel next to %s; run 'make setup'" % here)
+    sys.exit("ansible-test-get-pip: no pip wheel next to " + here + "; run 'make setup'")
 cmd = [sys.executable, os.path.join(wheels[-1], "pip"), "install", "--no-index", "--find-links", here] + args
 sys.exit(subprocess.call(cmd))

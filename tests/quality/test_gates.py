@@ -39,7 +39,8 @@ def test_yamllint():
 
 
 def test_ansible_lint_production():
-    assert_ok(run([need("ansible-lint"), "--profile", "production", "--offline", "-q"]), "ansible-lint --profile production")
+    proc = run([need("ansible-lint"), "--profile", "production", "--offline", "-q"])
+    assert_ok(proc, "ansible-lint --profile production")
 
 
 def test_sanity_ignore_files_are_empty():
