@@ -65,7 +65,17 @@ def bench_lab():
     return t_lab < 60
 
 
+def discover() -> None:
+    """Each tests/bench/bench_*.py module exposes `run() -> bool` and a docstring."""
+    import importlib
+
+    for f in sorted(Path(__file__).parent.glob("bench_*.py")):
+        mod = importlib.import_module(f"tests.bench.{f.stem}")
+        BENCHES[f.stem.removeprefix("bench_")] = mod.run
+
+
 def main() -> int:
+    discover()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("names", nargs="*", help=f"benchmarks to run (default all): {', '.join(BENCHES)}")
     args = ap.parse_args()
