@@ -32,12 +32,12 @@ lab-up: setup
 lab-down:
 	@tools/lab/lab.sh down
 
-demo: setup lab-up
+demo: setup kube-build lab-up
 	ansible-playbook playbooks/lab_demo.yml
 
 # The whole suite runs under one pytest so CI ends with pytest's summary line. Quality
 # gates (ruff, yamllint, ansible-lint, ansible-test sanity) and molecule are pytest tests too.
-test: setup
+test: setup kube-build
 	pytest -p no:cacheprovider tests/quality tests/unit tests/integration tests/molecule
 
 lint: setup
@@ -49,7 +49,7 @@ sanity: setup
 unit: setup
 	pytest -p no:cacheprovider tests/unit
 
-integration: setup
+integration: setup kube-build
 	pytest -p no:cacheprovider tests/integration
 
 molecule: setup

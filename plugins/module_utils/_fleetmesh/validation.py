@@ -1,0 +1,531 @@
+# Copyright (c) fleetmesh maintainers
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+# SPDX-License-Identifier: Apache-2.0
+
+# Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+# Do not use this from other collections or standalone plugins/modules!
+
+"""Every input check of the collection, written once.
+
+Each ``check_*`` function takes the name of the variable being checked and its value and
+returns a list of error messages (empty when the value is fine). Every message names the
+variable, shows the value and says what is allowed::
+
+    fleetmesh_ports.http: 70000 is not a valid port; allowed: integer 1-65535
+
+``validate_model(variables, checks)`` runs named groups of checks (see ``CHECKS``) over a dict
+of variables and returns every error found; the ``fleetmesh.envoy.validate`` action calls it.
+``ensure(check, var, value)`` raises ``ValidationError`` instead, for modules and filters.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ipaddress
+import json
+import re
+from collections import namedtuple
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+
+class ValidationError(ValueError):
+    """Raised by ``ensure`` with every message of a failed check."""
+
+    def __init__(self, errors: List[str]) -> None:
+        self.errors = list(errors)
+        super().__init__('; '.join(self.errors))
+
+
+# --------------------------------------------------------------------------------------------
+# What is allowed, said once and used by the checks and by the "is not set" messages.
+# --------------------------------------------------------------------------------------------
+
+ALLOWED_DNS_LABEL = ("lowercase letters, digits and '-', starting and ending with a letter or digit, "
+                     "at most 63 characters (DNS-1123 label)")
+ALLOWED_DNS_SUBDOMAIN = ("DNS-1123 labels joined by '.', lowercase letters, digits, '-' and '.', "
+                         "at most 253 characters (DNS-1123 subdomain)")
+ALLOWED_PORT = 'integer 1-65535'
+ALLOWED_SEMVER = 'version X.Y.Z of digits without leading zeros, e.g. 1.40.0'
+ALLOWED_IP = 'an IPv4 or IPv6 address, e.g. 192.0.2.10 or 2001:db8::10'
+ALLOWED_CIDR = ("IPv4 or IPv6 networks in CIDR notation, e.g. 10.96.0.0/12, as a list or a comma separated string, "
+                "or '*' alone for every address")
+ALLOWED_TRUST_DOMAIN = ("lowercase DNS-like name: labels of a-z, 0-9, '-' and '_' joined by '.', "
+                        "at most 255 characters, e.g. cluster.local")
+ALLOWED_SPIFFE_ID = ("spiffe://<trust domain>/<path>, path segments of letters, digits, '.', '-' and '_' "
+                     "(not '.' or '..'), no trailing '/', at most 2048 characters")
+ALLOWED_SAN = ("a DNS name (optionally starting with '*.'), an IP address or a spiffe:// URI, "
+               "optionally prefixed with DNS:, IP: or URI:")
+ALLOWED_ADMIN_ADDRESS = ('a loopback address (127.0.0.0/8, ::1 or localhost), '
+                         'or set envoy_admin_allow_non_loopback: true to expose the Envoy admin API')
+ISTIO_PORT_PROTOCOLS = ('http', 'http2', 'https', 'grpc', 'tcp', 'tls', 'mongo', 'redis', 'mysql')
+ALLOWED_ISTIO_PORT_NAME = (f"'<protocol>' or '<protocol>-<suffix>' with protocol one of {', '.join(ISTIO_PORT_PROTOCOLS)}, "
+                           "and the whole name a DNS-1123 label")
+ALLOWED_ISTIO_PORTS = 'a mapping of Istio port names to ports, e.g. {http: 9080}'
+ALLOWED_LABEL_KEY = ("[prefix/]name: name of letters, digits, '-', '_' and '.', starting and ending with a letter "
+                     "or digit, at most 63 characters; optional prefix a DNS-1123 subdomain")
+ALLOWED_LABEL_VALUE = ("a string, empty or of letters, digits, '-', '_' and '.', starting and ending with a letter "
+                       "or digit, at most 63 characters")
+ALLOWED_LABELS = 'a mapping of Kubernetes label keys to label values, e.g. {app: reviews, version: v1}'
+ALLOWED_LOCALITY = "region[/zone[/subzone]], each part of letters, digits, '-', '_' and '.', e.g. us-east/zone-a"
+ALLOWED_WEIGHT = 'integer 1-4294967295'
+ALLOWED_BOOL = 'true or false'
+ALLOWED_ADDRESSES = 'a mapping of host name to address (or a list of addresses), each address used by one host only'
+ALLOWED_ENV_NAME = 'a name matching [A-Z_][A-Z0-9_]* (upper case letters, digits and _, not starting with a digit)'
+ALLOWED_MODE = "an octal mode string such as '0644' or '0640'"
+ENVOY_INSTALL_METHODS = ('binary', 'package')
+
+_DNS_LABEL_RE = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')
+_LABEL_NAME_RE = re.compile(r'^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$')
+_SEMVER_RE = re.compile(r'^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$')
+_TRUST_DOMAIN_LABEL_RE = re.compile(r'^[a-z0-9]([a-z0-9_-]*[a-z0-9])?$')
+_SPIFFE_SEGMENT_RE = re.compile(r'^[A-Za-z0-9._-]+$')
+_LOCALITY_PART_RE = re.compile(r'^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$')
+_ENV_NAME_RE = re.compile(r'^[A-Z_][A-Z0-9_]*$')
+_MODE_RE = re.compile(r'^0?[0-7]{3,4}$')
+
+
+def show(value: Any) -> str:
+    """Render a value for a message: strings quoted (so spaces and empty strings show), the rest as JSON."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        return str(int(value))
+    try:
+        return json.dumps(value, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _error(var: str, value: Any, what: str, allowed: str) -> str:
+    return f'{var}: {show(value)} {what}; allowed: {allowed}'
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _as_int(value: Any) -> Optional[int]:
+    """Integers, and strings of digits (templating may give either); never booleans."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return int(value)
+    if _is_str(value) and re.match(r'^[0-9]+$', value.strip()):
+        return int(value.strip())
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------------------------
+
+def check_dns_label(var: str, value: Any) -> List[str]:
+    if _is_str(value) and len(value) <= 63 and _DNS_LABEL_RE.match(value):
+        return []
+    return [_error(var, value, 'is not a valid DNS-1123 label', ALLOWED_DNS_LABEL)]
+
+
+def check_dns_subdomain(var: str, value: Any) -> List[str]:
+    if _is_str(value) and 0 < len(value) <= 253 and all(
+            len(part) <= 63 and _DNS_LABEL_RE.match(part) for part in value.split('.')):
+        return []
+    return [_error(var, value, 'is not a valid DNS-1123 subdomain', ALLOWED_DNS_SUBDOMAIN)]
+
+
+def check_semver(var: str, value: Any) -> List[str]:
+    if _is_str(value) and _SEMVER_RE.match(value):
+        return []
+    return [_error(var, value, 'is not a valid version', ALLOWED_SEMVER)]
+
+
+def semver_tuple(value: str) -> Tuple[int, int, int]:
+    """(major, minor, patch) of a version that passed check_semver."""
+    ensure(check_semver, 'version', value)
+    return tuple(int(part) for part in value.split('.'))
+
+
+def check_choice(var: str, value: Any, choices: Iterable[str]) -> List[str]:
+    choices = tuple(choices)
+    if _is_str(value) and value in choices:
+        return []
+    return [_error(var, value, 'is not a valid choice', 'one of ' + ', '.join(choices))]
+
+
+def check_install_method(var: str, value: Any) -> List[str]:
+    return check_choice(var, value, ENVOY_INSTALL_METHODS)
+
+
+def check_bool(var: str, value: Any) -> List[str]:
+    if isinstance(value, bool):
+        return []
+    return [_error(var, value, 'is not a boolean', ALLOWED_BOOL)]
+
+
+def check_env_name(var: str, value: Any) -> List[str]:
+    if _is_str(value) and _ENV_NAME_RE.match(value):
+        return []
+    return [_error(var, value, 'is not a valid environment variable name', ALLOWED_ENV_NAME)]
+
+
+def check_file_mode(var: str, value: Any) -> List[str]:
+    if _is_str(value) and _MODE_RE.match(value):
+        return []
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777:
+        return []
+    return [_error(var, value, 'is not a valid file mode', ALLOWED_MODE)]
+
+
+def file_mode(value: Any) -> Optional[int]:
+    """The integer of a mode that passed check_file_mode (None stays None)."""
+    if value is None:
+        return None
+    ensure(check_file_mode, 'mode', value)
+    if isinstance(value, int):
+        return value
+    return int(value, 8)
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers
+# --------------------------------------------------------------------------------------------
+
+def check_port(var: str, value: Any) -> List[str]:
+    number = _as_int(value)
+    if number is not None and 1 <= number <= 65535:
+        return []
+    return [_error(var, value, 'is not a valid port', ALLOWED_PORT)]
+
+
+def check_weight(var: str, value: Any) -> List[str]:
+    number = _as_int(value)
+    if number is not None and 1 <= number <= 4294967295:
+        return []
+    return [_error(var, value, 'is not a valid endpoint weight', ALLOWED_WEIGHT)]
+
+
+# --------------------------------------------------------------------------------------------
+# Addresses
+# --------------------------------------------------------------------------------------------
+
+def _ip(value: Any) -> Optional[Any]:
+    if not _is_str(value):
+        return None
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+def check_ip_address(var: str, value: Any) -> List[str]:
+    if _ip(value) is not None:
+        return []
+    return [_error(var, value, 'is not a valid IP address', ALLOWED_IP)]
+
+
+def check_cidr_list(var: str, value: Any) -> List[str]:
+    """CIDRs as a list or a comma separated string (as Istio's ISTIO_SERVICE_CIDR takes them)."""
+    if _is_str(value):
+        items = [item.strip() for item in value.split(',')]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        return [_error(var, value, 'is not a list of CIDRs', ALLOWED_CIDR)]
+    if items == ['*']:
+        return []
+    if not items or items == ['']:
+        return [_error(var, value, 'is an empty list of CIDRs', ALLOWED_CIDR)]
+    errors = []
+    for index, item in enumerate(items):
+        item_var = f'{var}[{index}]'
+        if not _is_str(item) or '/' not in item:
+            errors.append(_error(item_var, item, 'is not a CIDR', ALLOWED_CIDR))
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            errors.append(_error(item_var, item, 'is not a CIDR', ALLOWED_CIDR))
+            continue
+        try:
+            ipaddress.ip_network(item, strict=True)
+        except ValueError:
+            network = ipaddress.ip_network(item, strict=False)
+            errors.append(_error(item_var, item, f'has host bits set (did you mean {network}?)', ALLOWED_CIDR))
+    return errors
+
+
+def is_loopback(address: Any) -> bool:
+    if address == 'localhost':
+        return True
+    parsed = _ip(address)
+    return parsed is not None and parsed.is_loopback
+
+
+def check_admin_address(var: str, value: Any, allow_non_loopback: Any = False) -> List[str]:
+    """The Envoy admin API stays on loopback unless the operator opted in."""
+    if is_loopback(value):
+        return []
+    if allow_non_loopback is True:
+        return check_ip_address(var, value)
+    if value != 'localhost' and _ip(value) is None:
+        return [_error(var, value, 'is not a valid IP address', ALLOWED_ADMIN_ADDRESS)]
+    return [_error(var, value, 'is not a loopback address', ALLOWED_ADMIN_ADDRESS)]
+
+
+def check_unique_addresses(var: str, value: Any) -> List[str]:
+    """No address is used by two hosts of one service.
+
+    ``value`` maps each host of the service to its address (a list works too, without host names).
+    """
+    if isinstance(value, Mapping):
+        pairs = [(str(host), address) for host, address in value.items()]
+    elif isinstance(value, (list, tuple)):
+        pairs = [(str(index), address) for index, address in enumerate(value)]
+    else:
+        return [_error(var, value, 'is not a mapping of hosts to addresses', ALLOWED_ADDRESSES)]
+    errors = []
+    users: Dict[str, List[str]] = {}
+    for host, address in pairs:
+        item_var = f'{var}.{host}' if isinstance(value, Mapping) else f'{var}[{host}]'
+        problems = check_ip_address(item_var, address)
+        if problems:
+            errors.extend(problems)
+            continue
+        users.setdefault(str(ipaddress.ip_address(address)), []).append(host)
+    for address, hosts in sorted(users.items()):
+        if len(hosts) > 1:
+            errors.append(_error(var, address, f"is used by more than one host of the service ({', '.join(hosts)})",
+                                 ALLOWED_ADDRESSES))
+    return errors
+
+
+# --------------------------------------------------------------------------------------------
+# Identity
+# --------------------------------------------------------------------------------------------
+
+def check_trust_domain(var: str, value: Any) -> List[str]:
+    if (_is_str(value) and 0 < len(value) <= 255
+            and all(_TRUST_DOMAIN_LABEL_RE.match(part) for part in value.split('.'))):
+        return []
+    return [_error(var, value, 'is not a valid trust domain', ALLOWED_TRUST_DOMAIN)]
+
+
+def check_spiffe_id(var: str, value: Any, trust_domain: Optional[str] = None) -> List[str]:
+    invalid = [_error(var, value, 'is not a valid SPIFFE ID', ALLOWED_SPIFFE_ID)]
+    if not _is_str(value) or not value.startswith('spiffe://') or len(value) > 2048:
+        return invalid
+    domain, _sep, path = value[len('spiffe://'):].partition('/')
+    if check_trust_domain(var, domain) or not path:
+        return invalid
+    for segment in path.split('/'):
+        if segment in ('', '.', '..') or not _SPIFFE_SEGMENT_RE.match(segment):
+            return invalid
+    if trust_domain is not None and domain != trust_domain:
+        return [_error(var, value, f'is not in trust domain {show(trust_domain)}',
+                       f'a SPIFFE ID starting with spiffe://{trust_domain}/')]
+    return []
+
+
+def check_san(var: str, value: Any) -> List[str]:
+    """One subjectAltName entry: DNS name (wildcard allowed as the first label), IP, or spiffe:// URI."""
+    invalid = [_error(var, value, 'is not a valid subjectAltName', ALLOWED_SAN)]
+    if not _is_str(value) or not value:
+        return invalid
+    kind, sep, rest = value.partition(':')
+    if sep and kind in ('DNS', 'IP', 'URI'):
+        if kind == 'IP':
+            return [] if _ip(rest) is not None else invalid
+        if kind == 'URI':
+            return [] if not check_spiffe_id(var, rest) else invalid
+        value = rest
+    elif value.startswith('spiffe://'):
+        return [] if not check_spiffe_id(var, value) else invalid
+    elif _ip(value) is not None:
+        return []
+    name = value[2:] if value.startswith('*.') else value
+    if check_dns_subdomain(var, name):
+        return invalid
+    return []
+
+
+def check_san_list(var: str, value: Any) -> List[str]:
+    if not isinstance(value, (list, tuple)):
+        return [_error(var, value, 'is not a list of subjectAltNames', 'a list of ' + ALLOWED_SAN)]
+    errors = []
+    for index, item in enumerate(value):
+        errors.extend(check_san(f'{var}[{index}]', item))
+    return errors
+
+
+# --------------------------------------------------------------------------------------------
+# Istio and Kubernetes objects
+# --------------------------------------------------------------------------------------------
+
+def check_istio_port_name(var: str, value: Any) -> List[str]:
+    invalid = [_error(var, value, 'is not a valid Istio port name', ALLOWED_ISTIO_PORT_NAME)]
+    if not _is_str(value) or check_dns_label(var, value):
+        return invalid
+    protocol = value.split('-', 1)[0]
+    if protocol not in ISTIO_PORT_PROTOCOLS:
+        return invalid
+    return []
+
+
+def check_istio_ports(var: str, value: Any) -> List[str]:
+    """Port name -> port; names follow Istio's protocol prefixes; each port used once."""
+    if not isinstance(value, Mapping) or not value:
+        return [_error(var, value, 'is not a mapping of port names to ports', ALLOWED_ISTIO_PORTS)]
+    errors = []
+    names_by_port: Dict[int, List[str]] = {}
+    for name, port in value.items():
+        item_var = f'{var}.{name}'
+        name_errors = check_istio_port_name(f'{item_var} (port name)', name)
+        port_errors = check_port(item_var, port)
+        errors.extend(name_errors + port_errors)
+        if not port_errors:
+            names_by_port.setdefault(_as_int(port), []).append(str(name))
+    for port, names in sorted(names_by_port.items()):
+        if len(names) > 1:
+            errors.append(_error(var, port, f"is used by more than one port name ({', '.join(names)})",
+                                 'each port under one name'))
+    return errors
+
+
+def check_label_value(var: str, value: Any) -> List[str]:
+    if _is_str(value) and (value == '' or (len(value) <= 63 and _LABEL_NAME_RE.match(value))):
+        return []
+    return [_error(var, value, 'is not a valid label value', ALLOWED_LABEL_VALUE)]
+
+
+def check_label_key(var: str, value: Any) -> List[str]:
+    invalid = [_error(var, value, 'is not a valid label key', ALLOWED_LABEL_KEY)]
+    if not _is_str(value):
+        return invalid
+    prefix, sep, name = value.rpartition('/')
+    if sep and (not prefix or check_dns_subdomain(var, prefix)):
+        return invalid
+    if not name or len(name) > 63 or not _LABEL_NAME_RE.match(name):
+        return invalid
+    return []
+
+
+def check_labels(var: str, value: Any) -> List[str]:
+    if not isinstance(value, Mapping):
+        return [_error(var, value, 'is not a mapping of labels', ALLOWED_LABELS)]
+    errors = []
+    for key, label_value in value.items():
+        errors.extend(check_label_key(f'{var} (label key)', key))
+        errors.extend(check_label_value(f'{var}.{key}', label_value))
+    return errors
+
+
+def check_locality(var: str, value: Any) -> List[str]:
+    if _is_str(value):
+        parts = value.split('/')
+        if 1 <= len(parts) <= 3 and all(_LOCALITY_PART_RE.match(part) for part in parts):
+            return []
+    return [_error(var, value, 'is not a valid locality', ALLOWED_LOCALITY)]
+
+
+# --------------------------------------------------------------------------------------------
+# Groups of checks, by the name a role passes in `checks`
+# --------------------------------------------------------------------------------------------
+
+# check(var, value, variables) -> errors; `allowed` is what a missing required variable is told.
+Rule = namedtuple('Rule', ['var', 'check', 'required', 'allowed'])
+
+
+def _simple(check: Callable[[str, Any], List[str]]) -> Callable[[str, Any, Mapping], List[str]]:
+    return lambda var, value, variables: check(var, value)
+
+
+def _admin_address_rule(var: str, value: Any, variables: Mapping) -> List[str]:
+    return check_admin_address(var, value, variables.get('envoy_admin_allow_non_loopback') is True)
+
+
+def _spiffe_id_rule(var: str, value: Any, variables: Mapping) -> List[str]:
+    trust_domain = variables.get('fleetmesh_trust_domain')
+    return check_spiffe_id(var, value, trust_domain if not check_trust_domain('', trust_domain) else None)
+
+
+FLEETMESH_MODEL_RULES = [
+    Rule('fleetmesh_service', _simple(check_dns_label), True, ALLOWED_DNS_LABEL),
+    Rule('fleetmesh_namespace', _simple(check_dns_label), True, ALLOWED_DNS_LABEL),
+    Rule('fleetmesh_service_account', _simple(check_dns_subdomain), True, ALLOWED_DNS_SUBDOMAIN),
+    Rule('fleetmesh_ports', _simple(check_istio_ports), True, ALLOWED_ISTIO_PORTS),
+    Rule('fleetmesh_labels', _simple(check_labels), False, ALLOWED_LABELS),
+    Rule('fleetmesh_network', _simple(check_label_value), False, ALLOWED_LABEL_VALUE),
+    Rule('fleetmesh_locality', _simple(check_locality), False, ALLOWED_LOCALITY),
+    Rule('fleetmesh_weight', _simple(check_weight), False, ALLOWED_WEIGHT),
+    Rule('fleetmesh_address', _simple(check_ip_address), False, ALLOWED_IP),
+    Rule('fleetmesh_service_addresses', _simple(check_unique_addresses), False, ALLOWED_ADDRESSES),
+    Rule('fleetmesh_trust_domain', _simple(check_trust_domain), True, ALLOWED_TRUST_DOMAIN),
+    Rule('fleetmesh_cluster_id', _simple(check_label_value), False, ALLOWED_LABEL_VALUE),
+    Rule('fleetmesh_mesh_id', _simple(check_label_value), False, ALLOWED_LABEL_VALUE),
+]
+
+ENVOY_RULES = [
+    Rule('envoy_version', _simple(check_semver), True, ALLOWED_SEMVER),
+    Rule('envoy_install_method', _simple(check_install_method), False, 'one of ' + ', '.join(ENVOY_INSTALL_METHODS)),
+    Rule('envoy_admin_allow_non_loopback', _simple(check_bool), False, ALLOWED_BOOL),
+    Rule('envoy_admin_address', _admin_address_rule, False, ALLOWED_ADMIN_ADDRESS),
+    Rule('envoy_admin_port', _simple(check_port), False, ALLOWED_PORT),
+]
+
+WORKLOAD_CERTS_RULES = [
+    Rule('fleetmesh_trust_domain', _simple(check_trust_domain), True, ALLOWED_TRUST_DOMAIN),
+    Rule('fleetmesh_namespace', _simple(check_dns_label), True, ALLOWED_DNS_LABEL),
+    Rule('fleetmesh_service_account', _simple(check_dns_subdomain), True, ALLOWED_DNS_SUBDOMAIN),
+    Rule('workload_certs_spiffe_id', _spiffe_id_rule, False, ALLOWED_SPIFFE_ID),
+    Rule('workload_certs_sans', _simple(check_san_list), False, 'a list of ' + ALLOWED_SAN),
+]
+
+ISTIO_SIDECAR_RULES = FLEETMESH_MODEL_RULES + [
+    Rule('istio_sidecar_version', _simple(check_semver), False, ALLOWED_SEMVER),
+    Rule('istio_sidecar_service_cidr', _simple(check_cidr_list), False, ALLOWED_CIDR),
+]
+
+CHECKS: Dict[str, List[Rule]] = {
+    'fleetmesh_model': FLEETMESH_MODEL_RULES,
+    'envoy': ENVOY_RULES,
+    'workload_certs': WORKLOAD_CERTS_RULES,
+    'istio_sidecar': ISTIO_SIDECAR_RULES,
+    'mesh_registration': FLEETMESH_MODEL_RULES,
+}
+
+
+def validate_model(variables: Mapping, checks: Iterable[str]) -> List[str]:
+    """Run the named groups of checks over ``variables`` and return every error.
+
+    A variable named by several groups is checked once. A variable that is absent or None
+    counts as not set: an error when its rule is required, skipped otherwise.
+    """
+    if not isinstance(variables, Mapping):
+        return [_error('vars', variables, 'is not a mapping', 'a mapping of variable names to values')]
+    errors: List[str] = []
+    seen = set()
+    for name in checks:
+        rules = CHECKS.get(name) if _is_str(name) else None
+        if rules is None:
+            errors.append(_error('checks', name, 'is not a known check', 'one of ' + ', '.join(sorted(CHECKS))))
+            continue
+        for rule in rules:
+            if rule.var in seen:
+                continue
+            seen.add(rule.var)
+            value = variables.get(rule.var)
+            if value is None:
+                if rule.required:
+                    errors.append(f'{rule.var}: is not set; allowed: {rule.allowed}')
+                continue
+            errors.extend(rule.check(rule.var, value, variables))
+    return errors
+
+
+def ensure(check: Callable[..., List[str]], var: str, value: Any, *args: Any) -> Any:
+    """Run one check and raise ValidationError with its messages; return the value when fine."""
+    errors = check(var, value, *args)
+    if errors:
+        raise ValidationError(errors)
+    return value
