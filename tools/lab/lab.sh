@@ -85,7 +85,7 @@ up() {
     fi
     image="$deb_image"; [ "$fam" = el ] && image="$el_image"
     podman run -d --name "$name" --hostname "$name" --label fleetmesh-lab=1 \
-      --network "$net" --ip "$ip" --systemd=always --cap-add SYS_ADMIN --cap-add NET_ADMIN \
+      --network "$net" --ip "$ip" --systemd=always --ulimit nofile=16384:16384 --ulimit nproc=4096:4096 --cap-add SYS_ADMIN --cap-add NET_ADMIN \
       --tmpfs /tmp --tmpfs /run \
       -v "$state/authorized_keys:/etc/ssh/lab_authorized_keys:ro" \
       "$image" /sbin/init >/dev/null

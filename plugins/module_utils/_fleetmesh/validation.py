@@ -44,6 +44,8 @@ class ValidationError(ValueError):
 
 ALLOWED_DNS_LABEL = ("lowercase letters, digits and '-', starting and ending with a letter or digit, "
                      "at most 63 characters (DNS-1123 label)")
+ALLOWED_DNS1035_LABEL = ("lowercase letters, digits and '-', starting with a letter and ending with a letter or digit, "
+                         "at most 63 characters (DNS-1035 label, as Kubernetes Service names)")
 ALLOWED_DNS_SUBDOMAIN = ("DNS-1123 labels joined by '.', lowercase letters, digits, '-' and '.', "
                          "at most 253 characters (DNS-1123 subdomain)")
 ALLOWED_PORT = 'integer 1-65535'
@@ -74,9 +76,10 @@ ALLOWED_BOOL = 'true or false'
 ALLOWED_ADDRESSES = 'a mapping of host name to address (or a list of addresses), each address used by one host only'
 ALLOWED_ENV_NAME = 'a name matching [A-Z_][A-Z0-9_]* (upper case letters, digits and _, not starting with a digit)'
 ALLOWED_MODE = "an octal mode string such as '0644' or '0640'"
-ENVOY_INSTALL_METHODS = ('binary', 'package')
+ENVOY_INSTALL_METHODS = ('artifact', 'url', 'package')
 
 _DNS_LABEL_RE = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')
+_DNS1035_LABEL_RE = re.compile(r'^[a-z]([-a-z0-9]*[a-z0-9])?$')
 _LABEL_NAME_RE = re.compile(r'^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$')
 _SEMVER_RE = re.compile(r'^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$')
 _TRUST_DOMAIN_LABEL_RE = re.compile(r'^[a-z0-9]([a-z0-9_-]*[a-z0-9])?$')
@@ -125,6 +128,13 @@ def check_dns_label(var: str, value: Any) -> List[str]:
     if _is_str(value) and len(value) <= 63 and _DNS_LABEL_RE.match(value):
         return []
     return [_error(var, value, 'is not a valid DNS-1123 label', ALLOWED_DNS_LABEL)]
+
+
+def check_dns1035_label(var: str, value: Any) -> List[str]:
+    """Names Kubernetes requires to start with a letter, such as Service names."""
+    if _is_str(value) and len(value) <= 63 and _DNS1035_LABEL_RE.match(value):
+        return []
+    return [_error(var, value, 'is not a valid DNS-1035 label', ALLOWED_DNS1035_LABEL)]
 
 
 def check_dns_subdomain(var: str, value: Any) -> List[str]:
@@ -359,6 +369,137 @@ def check_san_list(var: str, value: Any) -> List[str]:
 
 
 # --------------------------------------------------------------------------------------------
+# Workload certificates
+# --------------------------------------------------------------------------------------------
+
+ALLOWED_DURATION = "a duration such as 30d, 12h, 1h30m or 90s (d, h, m, s in that order), or a number of seconds"
+ALLOWED_ABSOLUTE_PATH = 'an absolute path, e.g. /etc/certs'
+ALLOWED_POSIX_NAME = ("a user or group name: lowercase letters, digits, '_' and '-', starting with a letter or '_', "
+                      "at most 32 characters")
+WORKLOAD_CERTS_SOURCES = ('lab_ca', 'files', 'kubernetes', 'legacy_secret')
+WORKLOAD_CERTS_KEY_TYPES = ('ec', 'rsa')
+WORKLOAD_CERTS_RSA_KEY_SIZES = (2048, 3072, 4096)
+_DURATION_RE = re.compile(r'^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$')
+_POSIX_NAME_RE = re.compile(r'^[a-z_][a-z0-9_-]{0,31}$')
+
+
+def parse_duration(value: Any) -> int:
+    """Seconds in a duration (30d, 12h, 1h30m, 90s, or a number of seconds); ValueError when not positive."""
+    if isinstance(value, bool):
+        raise ValueError('not a duration')
+    if isinstance(value, int):
+        seconds = value
+    else:
+        text = str(value).strip().replace(' ', '')
+        if text.isdigit():
+            seconds = int(text)
+        else:
+            match = _DURATION_RE.match(text)
+            if not text or not match or not any(match.groups()):
+                raise ValueError('not a duration')
+            days, hours, minutes, secs = (int(part or 0) for part in match.groups())
+            seconds = ((days * 24 + hours) * 60 + minutes) * 60 + secs
+    if seconds <= 0:
+        raise ValueError('not a positive duration')
+    return seconds
+
+
+def check_duration(var: str, value: Any) -> List[str]:
+    try:
+        parse_duration(value)
+    except (TypeError, ValueError):
+        return [_error(var, value, 'is not a valid duration', ALLOWED_DURATION)]
+    return []
+
+
+def check_absolute_path(var: str, value: Any) -> List[str]:
+    if _is_str(value) and value.startswith('/') and '\x00' not in value:
+        return []
+    return [_error(var, value, 'is not an absolute path', ALLOWED_ABSOLUTE_PATH)]
+
+
+def check_posix_name(var: str, value: Any) -> List[str]:
+    if _is_str(value) and _POSIX_NAME_RE.match(value):
+        return []
+    return [_error(var, value, 'is not a valid user or group name', ALLOWED_POSIX_NAME)]
+
+
+def workload_allowed_sans(variables: Mapping) -> Tuple[List[str], List[str]]:
+    """(DNS names, IP addresses) a host may have in its workload certificate: those of its inventory
+    (inventory_hostname, ansible_host and fleetmesh_address), never what the host itself reports."""
+    dns: List[str] = []
+    ips: List[str] = []
+    for name in ('inventory_hostname', 'ansible_host', 'fleetmesh_address'):
+        value = variables.get(name)
+        if not _is_str(value) or not value:
+            continue
+        address = _ip(value)
+        if address is not None:
+            if str(address) not in ips:
+                ips.append(str(address))
+        elif not check_dns_subdomain(name, value.lower().rstrip('.')) and value.lower().rstrip('.') not in dns:
+            dns.append(value.lower().rstrip('.'))
+    return dns, ips
+
+
+def check_workload_sans(var: str, value: Any, variables: Mapping) -> List[str]:
+    """Extra DNS/IP SANs of a workload certificate: valid, and each one from the host's inventory.
+
+    The URI SAN is always the SPIFFE ID computed from the inventory, so no URI may be listed here.
+    """
+    errors = check_san_list(var, value)
+    if errors:
+        return errors
+    dns, ips = workload_allowed_sans(variables)
+    allowed = ('DNS or IP names of this host from the inventory (inventory_hostname, ansible_host, fleetmesh_address): '
+               + (', '.join(dns + ips) or 'none'))
+    for index, item in enumerate(value):
+        kind, sep, rest = item.partition(':')
+        if not (sep and kind in ('DNS', 'IP', 'URI')):
+            kind, rest = ('URI' if item.startswith('spiffe://') else 'IP' if _ip(item) is not None else 'DNS'), item
+        if kind == 'URI':
+            errors.append(_error(f'{var}[{index}]', item, 'is a URI SAN',
+                                 'no URI: the only URI SAN is the SPIFFE ID computed from the inventory'))
+        elif kind == 'IP' and str(_ip(rest)) not in ips:
+            errors.append(_error(f'{var}[{index}]', item, 'is outside the allowed SAN pattern', allowed))
+        elif kind == 'DNS' and rest.lower().rstrip('.') not in dns:
+            errors.append(_error(f'{var}[{index}]', item, 'is outside the allowed SAN pattern', allowed))
+    return errors
+
+
+def _workload_renew_before_rule(var: str, value: Any, variables: Mapping) -> List[str]:
+    if value == '':
+        return []  # one third of the lifetime
+    errors = check_duration(var, value)
+    if errors:
+        return errors
+    try:
+        lifetime = parse_duration(variables.get('workload_certs_lifetime'))
+    except (TypeError, ValueError):
+        return []
+    if parse_duration(value) >= lifetime:
+        return [_error(var, value, f'is not shorter than workload_certs_lifetime ({show(variables.get("workload_certs_lifetime"))})',
+                       'a duration shorter than the lifetime, or empty for one third of it')]
+    return []
+
+
+def _workload_source_rule(var: str, value: Any, variables: Mapping) -> List[str]:
+    errors = check_choice(var, value, WORKLOAD_CERTS_SOURCES)
+    if not errors and value == 'files':
+        for name in ('workload_certs_ca_cert', 'workload_certs_ca_key'):
+            if not variables.get(name):
+                errors.append(f'{name}: is not set; allowed: the path of a PEM file on the controller '
+                              f'(needed with {var}: files)')
+    return errors
+
+
+def _workload_rsa_key_size_rule(var: str, value: Any, variables: Mapping) -> List[str]:
+    if _as_int(value) in WORKLOAD_CERTS_RSA_KEY_SIZES:
+        return []
+    return [_error(var, value, 'is not an allowed RSA key size', 'one of 2048, 3072, 4096')]
+
+
+# --------------------------------------------------------------------------------------------
 # Istio and Kubernetes objects
 # --------------------------------------------------------------------------------------------
 
@@ -465,7 +606,41 @@ FLEETMESH_MODEL_RULES = [
     Rule('fleetmesh_mesh_id', _simple(check_label_value), False, ALLOWED_LABEL_VALUE),
 ]
 
+def _int_range_rule(low, high):
+    def rule(var, value, variables):
+        number = _as_int(value)
+        if number is None or not low <= number <= high:
+            return [_error(var, value, 'is not allowed', 'integer %d-%d' % (low, high))]
+        return []
+    return rule
+
+
+def _endpoints_ports_rule(key):
+    # Ports inside envoy_listeners[*].port and envoy_clusters[*].endpoints[*].port.
+    def rule(var, value, variables):
+        errors = []
+        if not isinstance(value, list):
+            return [_error(var, value, 'is not a list', 'a list of dicts')]
+        for i, item in enumerate(value):
+            if not isinstance(item, Mapping):
+                errors.append(_error('%s[%d]' % (var, i), item, 'is not a dict', 'a dict'))
+                continue
+            if key == 'listeners':
+                errors.extend(check_port('%s[%d].port' % (var, i), item.get('port')))
+            else:
+                for j, ep in enumerate(item.get('endpoints') or []):
+                    port = ep.get('port') if isinstance(ep, Mapping) else None
+                    errors.extend(check_port('%s[%d].endpoints[%d].port' % (var, i, j), port))
+        return errors
+    return rule
+
+
 ENVOY_RULES = [
+    Rule('envoy_instance', _simple(check_dns_label), False, ALLOWED_DNS_LABEL),
+    Rule('envoy_base_id', _int_range_rule(0, 65535), False, 'integer 0-65535'),
+    Rule('envoy_keep_versions', _int_range_rule(1, 20), False, 'integer 1-20'),
+    Rule('envoy_listeners', _endpoints_ports_rule('listeners'), False, 'a list of listeners'),
+    Rule('envoy_clusters', _endpoints_ports_rule('clusters'), False, 'a list of clusters'),
     Rule('envoy_version', _simple(check_semver), True, ALLOWED_SEMVER),
     Rule('envoy_install_method', _simple(check_install_method), False, 'one of ' + ', '.join(ENVOY_INSTALL_METHODS)),
     Rule('envoy_admin_allow_non_loopback', _simple(check_bool), False, ALLOWED_BOOL),
@@ -478,7 +653,16 @@ WORKLOAD_CERTS_RULES = [
     Rule('fleetmesh_namespace', _simple(check_dns_label), True, ALLOWED_DNS_LABEL),
     Rule('fleetmesh_service_account', _simple(check_dns_subdomain), True, ALLOWED_DNS_SUBDOMAIN),
     Rule('workload_certs_spiffe_id', _spiffe_id_rule, False, ALLOWED_SPIFFE_ID),
-    Rule('workload_certs_sans', _simple(check_san_list), False, 'a list of ' + ALLOWED_SAN),
+    Rule('workload_certs_sans', check_workload_sans, False, 'a list of ' + ALLOWED_SAN),
+    Rule('workload_certs_source', _workload_source_rule, False, 'one of ' + ', '.join(WORKLOAD_CERTS_SOURCES)),
+    Rule('workload_certs_key_type', lambda var, value, variables: check_choice(var, value, WORKLOAD_CERTS_KEY_TYPES),
+         False, 'one of ' + ', '.join(WORKLOAD_CERTS_KEY_TYPES)),
+    Rule('workload_certs_rsa_key_size', _workload_rsa_key_size_rule, False, 'one of 2048, 3072, 4096'),
+    Rule('workload_certs_lifetime', _simple(check_duration), False, ALLOWED_DURATION),
+    Rule('workload_certs_renew_before', _workload_renew_before_rule, False, ALLOWED_DURATION),
+    Rule('workload_certs_dir', _simple(check_absolute_path), False, ALLOWED_ABSOLUTE_PATH),
+    Rule('workload_certs_owner', _simple(check_posix_name), False, ALLOWED_POSIX_NAME),
+    Rule('workload_certs_group', _simple(check_posix_name), False, ALLOWED_POSIX_NAME),
 ]
 
 ISTIO_SIDECAR_RULES = FLEETMESH_MODEL_RULES + [
