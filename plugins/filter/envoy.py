@@ -104,6 +104,10 @@ def _listener(i, spec, clusters, health_path):
         http_filters.append({'name': 'envoy.filters.http.health_check', 'typed_config': {
             '@type': HEALTH, 'pass_through_mode': False,
             'headers': [{'name': ':path', 'string_match': {'exact': spec.get('health_path', health_path)}}]}})
+    for j, extra in enumerate(spec.get('http_filters') or []):
+        if not isinstance(extra, dict) or not extra.get('name'):
+            _fail('%s.http_filters[%d]' % (where, j), extra, 'a dict with name and typed_config')
+        http_filters.append(extra)
     http_filters.append({'name': 'envoy.filters.http.router', 'typed_config': {'@type': ROUTER}})
     hcm = {
         '@type': HCM,

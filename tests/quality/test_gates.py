@@ -38,8 +38,9 @@ def test_yamllint():
     assert_ok(run([need("yamllint"), "-s", "."]), "yamllint")
 
 
-def test_ansible_lint_production():
-    proc = run([need("ansible-lint"), "--profile", "production", "--offline", "-q"])
+def test_ansible_lint_production(tmp_path):
+    # A HOME of its own: ansible-lint puts ~/.ansible/collections first, where a stale copy could shadow ours.
+    proc = run([need("ansible-lint"), "--profile", "production", "--offline", "-q"], env=dict(ENV, HOME=str(tmp_path)))
     assert_ok(proc, "ansible-lint --profile production")
 
 
