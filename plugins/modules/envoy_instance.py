@@ -115,6 +115,10 @@ restart_needed:
   description: The environment or the bootstrap changed; a running instance needs a hot restart.
   returned: always
   type: bool
+service_running:
+  description: Whether C(fleetmesh-envoy@<name>.service) is enabled and active (read with C(systemctl), not changed).
+  returned: always
+  type: bool
 config:
   description: Path of the bootstrap.
   returned: always
@@ -290,7 +294,15 @@ def main():
                                   group=inst.want_group())
     config_changed = inst.config()
 
+    unit = 'fleetmesh-envoy@%s.service' % p['name']
+    systemctl = module.get_bin_path('systemctl')
+    running = False
+    if systemctl:
+        rc_active, _out, _err = module.run_command([systemctl, 'is-active', '--quiet', unit])
+        rc_enabled, _out, _err = module.run_command([systemctl, 'is-enabled', '--quiet', unit])
+        running = rc_active == 0 and rc_enabled == 0
     result = {
+        'service_running': running,
         'changed': bool(user_created or inst.changed_files),
         'changed_files': inst.changed_files,
         'user_created': user_created,
