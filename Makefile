@@ -13,7 +13,8 @@ export FLEETMESH_DEBIAN_IMAGE := localhost/fleetmesh-lab-debian12:$(IMAGE_TAG)
 export FLEETMESH_RHEL_IMAGE := $(or $(FLEETMESH_EL9_IMAGE),localhost/fleetmesh-lab-el9-emulated:$(IMAGE_TAG))
 N ?= 3
 
-.PHONY: help setup kube-build demo test lab-up lab-down lint sanity unit integration molecule bench lock build clean
+
+.PHONY: help setup kube-build demo demo-down test lab-up lab-down lint sanity unit integration molecule bench lock build clean
 
 help:
 	@echo "make demo   run the main job on the embedded lab (sets everything up)"
@@ -31,9 +32,18 @@ lab-up: setup
 
 lab-down:
 	@tools/lab/lab.sh down
+	-@python3 tests/harness/kubeapi.py stop --state-dir $(ROOT)/.lab/kube >/dev/null 2>&1
 
+# The demo's Kubernetes API: the real kube-apiserver on loopback, left running for a look
+# afterwards (make demo-down stops it with the lab).
+DEMO_KUBE := $(ROOT)/.lab/kube
 demo: setup kube-build lab-up
-	ansible-playbook playbooks/lab_demo.yml
+	python tests/harness/kubeapi.py start --state-dir $(DEMO_KUBE)
+	ansible-playbook playbooks/lab_demo.yml -e fleetmesh_kubeconfig=$(DEMO_KUBE)/registrar.kubeconfig \
+	  -e workload_certs_lab_ca_dir=$(ROOT)/.lab/ca
+
+demo-down: lab-down
+	-python tests/harness/kubeapi.py stop --state-dir $(DEMO_KUBE)
 
 # The whole suite runs under one pytest so CI ends with pytest's summary line. Quality
 # gates (ruff, yamllint, ansible-lint, ansible-test sanity) and molecule are pytest tests too.

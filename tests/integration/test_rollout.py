@@ -1,0 +1,135 @@
+"""Fleet rollout on the embedded lab (issue 8): zero dropped requests during an upgrade, a target
+version that fails its health gate is rolled back by itself and halts the rollout, and a VM
+stopped mid-rollout stops the rollout per max_fail_percentage while the others keep serving."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import need
+from tests.integration.labutil import LAB_HOSTS, ROOT, Traffic, env, extra, get, lab_up, on_hosts, playbook
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+CACHE = os.environ.get("FLEETMESH_CACHE", "/var/cache/fleetmesh")
+URLS = [f"http://{ip}:10000/" for ip in LAB_HOSTS.values()]
+
+
+def versions() -> dict[str, str]:
+    out = on_hosts("curl -s http://127.0.0.1:9901/server_info")
+    return {h: json.loads(t)["version"].split("/")[1] for h, t in out.items()}
+
+
+def upgrade(to: str, *args: str, report=None):
+    report = report or ROOT / ".build" / "upgrade-report.json"
+    return playbook("upgrade.yml", *extra(upgrade_to=to, target="lab", upgrade_register=False,
+                                          upgrade_report=str(report)), *args)
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    need("podman", "run 'make setup' (apt-get install podman runc)")
+    lab_up(3)
+    assert playbook("lab_app.yml").rc == 0
+    run = playbook("envoy.yml", *extra(envoy_version="1.39.3"))
+    assert run.rc == 0, run.out[-4000:]
+    assert set(versions().values()) == {"1.39.3"}
+    yield
+    playbook("envoy.yml")
+
+
+def test_upgrade_drops_zero_requests(fleet):
+    with Traffic(URLS, max_seconds=400) as traffic:
+        run = upgrade("1.40.0")
+    assert run.rc == 0, run.out[-5000:]
+    assert set(versions().values()) == {"1.40.0"}
+    assert traffic.ok > 100
+    assert traffic.failed == 0, traffic.errors
+    # Re-running is a no-op for the Envoy state: every host is already at the target.
+    again = upgrade("1.40.0")
+    assert again.rc == 0 and set(versions().values()) == {"1.40.0"}
+
+
+@pytest.fixture
+def broken_cache(tmp_path):
+    """An artifact cache whose 1.99.0 'Envoy' passes --version and validation but exits at once when
+    started, as a broken build would; 1.40.0 is the real one (a symlink)."""
+    cache = tmp_path / "envoy"
+    cache.mkdir()
+    (cache / "1.40.0").symlink_to(f"{CACHE}/artifacts/envoy/1.40.0")
+    (cache / "1.39.3").symlink_to(f"{CACHE}/artifacts/envoy/1.39.3")
+    d = cache / "1.99.0"
+    d.mkdir()
+    script = (
+        b"#!/bin/sh\n"
+        b"case \"$*\" in\n"
+        b"  *--version*) echo 'envoy  version: 0000/1.99.0/Clean/RELEASE/BoringSSL';;\n"
+        b"  *--hot-restart-version*) /opt/fleetmesh/envoy/1.40.0/envoy --hot-restart-version;;\n"
+        b"  *--mode\\ validate*) exit 0;;\n"
+        b"  *) echo 'broken build: exiting at once' >&2; exit 1;;\n"
+        b"esac\n"
+    )
+    (d / "envoy").write_bytes(script)
+    (d / "envoy").chmod(0o755)
+    (d / "envoy.gz").write_bytes(gzip.compress(script, mtime=0))
+    sha = hashlib.sha256(script).hexdigest()
+    sha_gz = hashlib.sha256((d / "envoy.gz").read_bytes()).hexdigest()
+    (d / "SHA256SUMS").write_text(f"{sha}  envoy\n{sha_gz}  envoy.gz\n")
+    return cache
+
+
+def test_failed_health_gate_rolls_back_and_halts(fleet, broken_cache, tmp_path):
+    assert set(versions().values()) == {"1.40.0"}
+    report = tmp_path / "report.json"
+    with Traffic(URLS, max_seconds=300) as traffic:
+        run = upgrade("1.99.0", "-e", f"envoy_artifact_cache={broken_cache}", report=report)
+    assert run.rc != 0
+    (ROOT / ".build" / "test-rollout-halt.log").write_text(run.out)
+    assert "rolled back to" in run.out and "switch-validate-restart" in run.out, "see .build/test-rollout-halt.log"
+    data = json.loads(report.read_text())
+    assert data["failure"]["rolled_back_to"] == "1.40.0"
+    assert "exited at once" in data["failure"]["reason"], data["failure"]
+    assert data["result"] == "halted" and data["failure"]["step"] == "switch-validate-restart"
+    assert data["failure"]["host"] in LAB_HOSTS
+    # Canary only: the other hosts were never touched, and everyone serves 1.40.0.
+    assert set(versions().values()) == {"1.40.0"}
+    assert traffic.failed == 0, traffic.errors
+    assert on_hosts("readlink /opt/fleetmesh/envoy/current") == dict.fromkeys(LAB_HOSTS, "1.40.0")
+
+
+def test_vm_stopped_mid_rollout_stops_it_and_rerun_completes(fleet):
+    assert playbook("envoy.yml", *extra(envoy_version="1.39.3")).rc == 0
+    victim = "fm-el-1"
+    cc = env()["CONTAINERS_CONF"]
+    # Canary (fm-deb-1) goes first; stop the victim before its batch.
+    subprocess.run(["podman", "stop", "-t", "0", victim], env=dict(os.environ, CONTAINERS_CONF=cc), check=True,
+                   capture_output=True)
+    try:
+        run = upgrade("1.40.0")
+        assert run.rc != 0
+        assert run.recap[victim]["unreachable"] + run.recap[victim]["failed"] >= 1, run.out[-3000:]
+        for host, ip in LAB_HOSTS.items():
+            if host != victim:
+                assert get(f"http://{ip}:10000/")[0] == 200, host
+    finally:
+        subprocess.run(["podman", "start", victim], env=dict(os.environ, CONTAINERS_CONF=cc), check=True,
+                       capture_output=True)
+        lab_up(3)
+    again = upgrade("1.40.0")
+    assert again.rc == 0, again.out[-4000:]
+    assert set(versions().values()) == {"1.40.0"}
+
+
+def test_upgrade_rejects_bad_target_before_touching_hosts(fleet):
+    probe = "readlink /opt/fleetmesh/envoy/current; curl -s http://127.0.0.1:9901/server_info | grep -c LIVE"
+    before = on_hosts(probe)
+    run = upgrade("1.40")
+    assert run.rc != 0 and "envoy_version" in run.out and "1.40" in run.out
+    assert on_hosts(probe) == before
+    assert shutil.which("podman")
