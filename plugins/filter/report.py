@@ -39,8 +39,9 @@ def fleet_report(rows, columns, fmt='text'):
                 '<style>table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px}</style></head>'
                 '<body><table><thead><tr>%s</tr></thead><tbody>%s</tbody></table></body></html>\n' % (head, body))
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+
     def line(vals):
-        return '  '.join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
+        return '  '.join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()
 
     return '\n'.join([line(columns), line(['-' * w for w in widths])] + [line(row) for row in cells]) + '\n'
 
