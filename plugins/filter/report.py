@@ -1,6 +1,6 @@
 # Copyright (c) fleetmesh maintainers
-# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-# SPDX-License-Identifier: Apache-2.0
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 """Fleet report rendering (documented in fleet_report.yml beside this file)."""
 
@@ -29,7 +29,7 @@ def fleet_report(rows, columns, fmt='text'):
         raise AnsibleFilterError('fleet_report: rows must be a list of dicts')
     cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     if fmt == 'markdown':
-        out = ['| ' + ' | '.join(columns) + ' |', '|' + '|'.join('---' for _ in columns) + '|']
+        out = ['| ' + ' | '.join(columns) + ' |', '|' + '|'.join('---' for _column in columns) + '|']
         out += ['| ' + ' | '.join(c.replace('|', '\\|') for c in row) + ' |' for row in cells]
         return '\n'.join(out) + '\n'
     if fmt == 'html':

@@ -1,6 +1,6 @@
 # Copyright (c) fleetmesh maintainers
-# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-# SPDX-License-Identifier: Apache-2.0
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import absolute_import, division, print_function
 
@@ -19,7 +19,7 @@ description:
     the instance is changed.
   - It does not start or reload the service; RV(unit_changed) and RV(restart_needed) tell the caller what to do.
 author:
-  - fleetmesh maintainers
+  - fleetmesh maintainers (@fleetmesh)
 options:
   name:
     description: Instance name; the unit is C(fleetmesh-envoy@<name>.service).
@@ -287,7 +287,7 @@ def main():
         inst.prevalidated = True
 
     user_created = inst.ensure_user()
-    wrapper_changed = bool(p['wrapper_content']) and inst.plain_file(p['wrapper_path'], p['wrapper_content'], 0o755)
+    wrapper_changed = bool(p['wrapper_content']) and inst.plain_file(p['wrapper_path'], p['wrapper_content'], 0o644)
     unit_changed = bool(p['unit_content']) and inst.plain_file(p['unit_path'], p['unit_content'], 0o644)
     inst.conf_dir()
     env_changed = inst.plain_file(os.path.join(p['conf_dir'], 'instance.env'), p['env_content'], 0o640,

@@ -1,6 +1,6 @@
 # Copyright (c) fleetmesh maintainers
-# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-# SPDX-License-Identifier: Apache-2.0
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 # This file only documents the fleetmesh.envoy.validate action, which runs on the controller
 # (plugins/action/validate.py), as ansible.builtin.assert does.
@@ -21,7 +21,7 @@ description:
   - Meant as the first task of each role, so a bad inventory stops the play before any host changes.
   - A variable that is absent or V(null) counts as not set; pass optional variables through the C(default) filter with C(omit).
 author:
-  - fleetmesh maintainers
+  - fleetmesh maintainers (@fleetmesh)
 options:
   checks:
     description:

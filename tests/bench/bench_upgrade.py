@@ -28,8 +28,8 @@ def run() -> bool:
     _ok(playbook("envoy.yml", *extra(envoy_version="1.39.3")), "install 1.39.3")
     report = str(ROOT / ".build" / "bench-upgrade-report.json")
     with Traffic(URLS, max_seconds=600) as ours:
-        up = _ok(playbook("upgrade.yml", *extra(upgrade_to="1.40.0", target="lab", upgrade_register=False,
-                                                  upgrade_report=report)), "upgrade.yml")
+        args = extra(upgrade_to="1.40.0", target="lab", upgrade_register=False, upgrade_report=report)
+        up = _ok(playbook("upgrade.yml", *args), "upgrade.yml")
     with Traffic(URLS, max_seconds=120) as naive:
         on_hosts("systemctl restart fleetmesh-envoy@main; sleep 2")
     print("benchmark: fleet upgrade 1.39.3 -> 1.40.0 on 3 lab VMs under continuous requests")

@@ -37,7 +37,6 @@ def test_argument_specs_match_defaults(role: Path):
                 f"{role.name}: {name} defaults to {defaults[name]!r} but the spec says {spec['default']!r}")
 
 
-
 TASK_FILES = sorted((ROOT / "roles").glob("*/tasks/*.yml")) + sorted((ROOT / "playbooks").glob("*.yml"))
 
 

@@ -13,6 +13,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # envoy_harness, also under --import-mode=importlib
     sys.path.insert(0, str(HERE))
 
+
 def collections_root() -> Path:
     """A directory holding ansible_collections/fleetmesh/envoy -> this work tree.
 

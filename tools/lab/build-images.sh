@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2016 # hooks are single-quoted on purpose: mmdebstrap expands $1 (the rootfs)
 # Build the lab VM images once, from Debian packages, and import them into podman.
 #
 #   localhost/fleetmesh-lab-debian12:<hash>      Debian 12 with systemd + sshd

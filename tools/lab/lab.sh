@@ -67,7 +67,9 @@ wait_ssh() {
 
 up() {
   local n="${1:-3}"
-  [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 3 ] && [ "$n" -le 39 ] || die "N='$n' is not allowed; use an integer from 3 to 39"
+  if ! [[ "$n" =~ ^[0-9]+$ ]] || [ "$n" -lt 3 ] || [ "$n" -gt 39 ]; then
+    die "N='$n' is not allowed; use an integer from 3 to 39"
+  fi
   "$here/build-images.sh" >/dev/null
   ensure_key
   podman network exists "$net" || podman network create --subnet "$subnet" "$net" >/dev/null
@@ -100,6 +102,7 @@ up() {
 down() {
   local ids
   ids="$(podman ps -aq --filter label=fleetmesh-lab)"
+  # shellcheck disable=SC2086 # one container id per word
   [ -z "$ids" ] || podman rm -f -t 0 $ids >/dev/null
   podman network exists "$net" && podman network rm -f "$net" >/dev/null
   rm -f "$inv_extra"

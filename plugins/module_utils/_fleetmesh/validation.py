@@ -1,6 +1,6 @@
 # Copyright (c) fleetmesh maintainers
-# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-# SPDX-License-Identifier: Apache-2.0
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 # Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
 # Do not use this from other collections or standalone plugins/modules!
@@ -424,13 +424,25 @@ def check_posix_name(var: str, value: Any) -> List[str]:
     return [_error(var, value, 'is not a valid user or group name', ALLOWED_POSIX_NAME)]
 
 
+def _workload_service_names(variables: Mapping) -> List[str]:
+    """<service>.<namespace>[.svc[.cluster.local]] when fleetmesh_service and fleetmesh_namespace are valid."""
+    service, namespace = variables.get('fleetmesh_service'), variables.get('fleetmesh_namespace')
+    if check_dns_label('', service) or check_dns_label('', namespace):
+        return []
+    return [f'{service}.{namespace}', f'{service}.{namespace}.svc', f'{service}.{namespace}.svc.cluster.local']
+
+
 def workload_allowed_sans(variables: Mapping) -> Tuple[List[str], List[str]]:
-    """(DNS names, IP addresses) a host may have in its workload certificate: those of its inventory
-    (inventory_hostname, ansible_host and fleetmesh_address), never what the host itself reports."""
+    """(DNS names, IP addresses) a host may have in its workload certificate, from its inventory only, never
+    from what the host reports: inventory_hostname, ansible_host, fleetmesh_address, and the service's
+    Kubernetes names <fleetmesh_service>.<fleetmesh_namespace>[.svc[.cluster.local]]."""
     dns: List[str] = []
     ips: List[str] = []
-    for name in ('inventory_hostname', 'ansible_host', 'fleetmesh_address'):
+    for name in ('inventory_hostname', 'ansible_host', 'fleetmesh_address', 'service names'):
         value = variables.get(name)
+        if name == 'service names':
+            dns.extend(item for item in _workload_service_names(variables) if item not in dns)
+            continue
         if not _is_str(value) or not value:
             continue
         address = _ip(value)
@@ -451,8 +463,12 @@ def check_workload_sans(var: str, value: Any, variables: Mapping) -> List[str]:
     if errors:
         return errors
     dns, ips = workload_allowed_sans(variables)
-    allowed = ('DNS or IP names of this host from the inventory (inventory_hostname, ansible_host, fleetmesh_address): '
-               + (', '.join(dns + ips) or 'none'))
+    # A missing or invalid service or namespace is reported by its own rule; the names it feeds are not judged.
+    judge_dns = not (check_dns_label('', variables.get('fleetmesh_namespace'))
+                     or (variables.get('fleetmesh_service') is not None
+                         and check_dns_label('', variables.get('fleetmesh_service'))))
+    allowed = ('names of this host from the inventory (inventory_hostname, ansible_host, fleetmesh_address, '
+               '<fleetmesh_service>.<fleetmesh_namespace>[.svc[.cluster.local]]): ' + (', '.join(dns + ips) or 'none'))
     for index, item in enumerate(value):
         kind, sep, rest = item.partition(':')
         if not (sep and kind in ('DNS', 'IP', 'URI')):
@@ -462,7 +478,7 @@ def check_workload_sans(var: str, value: Any, variables: Mapping) -> List[str]:
                                  'no URI: the only URI SAN is the SPIFFE ID computed from the inventory'))
         elif kind == 'IP' and str(_ip(rest)) not in ips:
             errors.append(_error(f'{var}[{index}]', item, 'is outside the allowed SAN pattern', allowed))
-        elif kind == 'DNS' and rest.lower().rstrip('.') not in dns:
+        elif kind == 'DNS' and judge_dns and rest.lower().rstrip('.') not in dns:
             errors.append(_error(f'{var}[{index}]', item, 'is outside the allowed SAN pattern', allowed))
     return errors
 
@@ -606,6 +622,7 @@ FLEETMESH_MODEL_RULES = [
     Rule('fleetmesh_mesh_id', _simple(check_label_value), False, ALLOWED_LABEL_VALUE),
 ]
 
+
 def _int_range_rule(low, high):
     def rule(var, value, variables):
         number = _as_int(value)
@@ -670,11 +687,174 @@ ISTIO_SIDECAR_RULES = FLEETMESH_MODEL_RULES + [
     Rule('istio_sidecar_service_cidr', _simple(check_cidr_list), False, ALLOWED_CIDR),
 ]
 
+# --- istio_sidecar: the role's own variables (the model rules above come first) ---------------
+
+ISTIO_SIDECAR_STATES = ('present', 'absent')
+ISTIO_SIDECAR_PACKAGE_SOURCES = ('file', 'url', 'repository')
+ALLOWED_PORT_LIST = 'a list of ports 1-65535, or a comma separated string of them'
+ALLOWED_INBOUND_PORTS = ALLOWED_PORT_LIST + ", '*' for every port, or [] for the ports of fleetmesh_ports"
+ALLOWED_HOST_PORT = 'host:port with a DNS name or IP address and a port 1-65535, e.g. istiod.istio-system.svc:15012'
+ALLOWED_SHA256 = 'a sha256 of 64 hexadecimal digits'
+ALLOWED_PACKAGE_SHA256 = "a mapping with the key deb (Debian hosts) and/or rpm (RedHat hosts), each " + ALLOWED_SHA256
+ALLOWED_ENV_MAPPING = ('a mapping of environment variable names ([A-Z_][A-Z0-9_]*) to strings, numbers, booleans '
+                       'or lists of them')
+ALLOWED_URL = 'an http://, https:// or file:// URL'
+ALLOWED_AUDIENCE = 'a non-empty audience without spaces, e.g. istio-ca'
+_SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
+_URL_RE = re.compile(r'^(https?|file)://[^\s]+$')
+
+
+def check_port_list(var: str, value: Any, allow_star: bool = False) -> List[str]:
+    """Ports as a list or a comma separated string (as cluster.env holds them); '*' when allowed."""
+    if allow_star and value == '*':
+        return []
+    if _is_str(value):
+        items = [item.strip() for item in value.split(',')] if value.strip() else []
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        return [_error(var, value, 'is not a list of ports', ALLOWED_INBOUND_PORTS if allow_star else ALLOWED_PORT_LIST)]
+    errors = []
+    for index, item in enumerate(items):
+        errors.extend(check_port(f'{var}[{index}]', item))
+    return errors
+
+
+def check_host_port(var: str, value: Any) -> List[str]:
+    invalid = [_error(var, value, 'is not a valid host:port', ALLOWED_HOST_PORT)]
+    if not _is_str(value):
+        return invalid
+    host, sep, port = value.rpartition(':')
+    host = host[1:-1] if host.startswith('[') and host.endswith(']') else host
+    if not sep or not host or check_port(var, port):
+        return invalid
+    if _ip(host) is None and check_dns_subdomain(var, host):
+        return invalid
+    return []
+
+
+def check_sha256(var: str, value: Any) -> List[str]:
+    if _is_str(value) and _SHA256_RE.match(value):
+        return []
+    return [_error(var, value, 'is not a valid sha256', ALLOWED_SHA256)]
+
+
+def check_dns_name_list(var: str, value: Any) -> List[str]:
+    if not isinstance(value, (list, tuple)):
+        return [_error(var, value, 'is not a list of DNS names', 'a list of ' + ALLOWED_DNS_SUBDOMAIN)]
+    errors = []
+    for index, item in enumerate(value):
+        errors.extend(check_dns_subdomain(f'{var}[{index}]', item))
+    return errors
+
+
+def check_env_mapping(var: str, value: Any) -> List[str]:
+    """Extra cluster.env or proxyMetadata entries: valid names, scalar values (lists are joined with ',')."""
+    if not isinstance(value, Mapping):
+        return [_error(var, value, 'is not a mapping', ALLOWED_ENV_MAPPING)]
+    errors = []
+    for name, item in value.items():
+        errors.extend(check_env_name(f'{var} (name)', name))
+        scalar = (str, int, float)
+        if not (isinstance(item, scalar) or (isinstance(item, (list, tuple))
+                                             and all(isinstance(part, scalar) for part in item))):
+            errors.append(_error(f'{var}.{name}', item, 'is not a valid value', ALLOWED_ENV_MAPPING))
+        elif _is_str(item) and '\x00' in item:
+            errors.append(_error(f'{var}.{name}', item, 'contains a NUL byte', ALLOWED_ENV_MAPPING))
+    return errors
+
+
+def _sidecar_source_rule(var: str, value: Any, variables: Mapping) -> List[str]:
+    errors = check_choice(var, value, ISTIO_SIDECAR_PACKAGE_SOURCES)
+    if errors:
+        return errors
+    if value == 'url':
+        url = variables.get('istio_sidecar_package_base_url')
+        if not _is_str(url) or not _URL_RE.match(url):
+            errors.append(_error('istio_sidecar_package_base_url', url, 'is not a valid URL', ALLOWED_URL
+                                 + ' under which deb/istio-sidecar.deb and rpm/istio-sidecar.rpm are found '
+                                 f'(needed with {var}: url)'))
+        sums = variables.get('istio_sidecar_package_sha256')
+        family = variables.get('ansible_os_family')
+        kind = {'Debian': 'deb', 'RedHat': 'rpm'}.get(family)
+        if not isinstance(sums, Mapping):
+            errors.append(_error('istio_sidecar_package_sha256', sums, 'is not a mapping', ALLOWED_PACKAGE_SHA256))
+        elif kind and not sums.get(kind):
+            errors.append(f'istio_sidecar_package_sha256.{kind}: is not set; allowed: {ALLOWED_SHA256} '
+                          f'(needed with {var}: url on a {family} host)')
+        else:
+            for key, item in sums.items():
+                if key not in ('deb', 'rpm'):
+                    errors.append(_error(f'istio_sidecar_package_sha256 (key {key})', key, 'is not a package type',
+                                         ALLOWED_PACKAGE_SHA256))
+                elif item:
+                    errors.extend(check_sha256(f'istio_sidecar_package_sha256.{key}', item))
+    if value == 'repository':
+        url = variables.get('istio_sidecar_package_repo_url')
+        if not _is_str(url) or not _URL_RE.match(url):
+            errors.append(_error('istio_sidecar_package_repo_url', url, 'is not a valid URL', ALLOWED_URL
+                                 + f' of a repository with deb/ and rpm/ below it (needed with {var}: repository)'))
+    return errors
+
+
+def _sidecar_eastwest_rule(var: str, value: Any, variables: Mapping) -> List[str]:
+    return [] if value == '' else check_ip_address(var, value)
+
+
+def _sidecar_refresh_rule(var: str, value: Any, variables: Mapping) -> List[str]:
+    expiration = _as_int(variables.get('istio_sidecar_token_expiration'))
+    number = _as_int(value)
+    if number is None or number < 0 or (expiration is not None and number >= expiration):
+        return [_error(var, value, 'is not allowed',
+                       'integer seconds from 0 to less than istio_sidecar_token_expiration'
+                       + (f' ({expiration})' if expiration is not None else ''))]
+    return []
+
+
+def _sidecar_audience_rule(var: str, value: Any, variables: Mapping) -> List[str]:
+    if _is_str(value) and value and not re.search(r'\s', value):
+        return []
+    return [_error(var, value, 'is not a valid audience', ALLOWED_AUDIENCE)]
+
+
+_ISTIO_SIDECAR_PATH_RULES = [
+    Rule(name, _simple(check_absolute_path), False, ALLOWED_ABSOLUTE_PATH)
+    for name in ('istio_sidecar_certs_src_dir', 'istio_sidecar_certs_dir', 'istio_sidecar_token_path',
+                 'istio_sidecar_token_link')
+]
+
+_ISTIO_SIDECAR_STATE_RULE = Rule('istio_sidecar_state',
+                                 lambda var, value, variables: check_choice(var, value, ISTIO_SIDECAR_STATES),
+                                 False, 'one of ' + ', '.join(ISTIO_SIDECAR_STATES))
+
+ISTIO_SIDECAR_RULES += [
+    _ISTIO_SIDECAR_STATE_RULE,
+    Rule('istio_sidecar_package_source', _sidecar_source_rule, False, 'one of ' + ', '.join(ISTIO_SIDECAR_PACKAGE_SOURCES)),
+    Rule('istio_sidecar_inbound_ports', lambda var, value, variables: check_port_list(var, value, allow_star=True),
+         False, ALLOWED_INBOUND_PORTS),
+    Rule('istio_sidecar_local_exclude_ports', _simple(check_port_list), False, ALLOWED_PORT_LIST),
+    Rule('istio_sidecar_discovery_address', _simple(check_host_port), False, ALLOWED_HOST_PORT),
+    Rule('istio_sidecar_eastwest_address', _sidecar_eastwest_rule, False, ALLOWED_IP + ", or '' for no hosts entry"),
+    Rule('istio_sidecar_hosts_extra_names', _simple(check_dns_name_list), False, 'a list of ' + ALLOWED_DNS_SUBDOMAIN),
+    Rule('istio_sidecar_cluster_env_extra', _simple(check_env_mapping), False, ALLOWED_ENV_MAPPING),
+    Rule('istio_sidecar_proxy_metadata_extra', _simple(check_env_mapping), False, ALLOWED_ENV_MAPPING),
+    Rule('istio_sidecar_token_expiration', _int_range_rule(600, 604800), False, 'integer seconds 600-604800'),
+    Rule('istio_sidecar_token_refresh_before', _sidecar_refresh_rule, False, 'integer seconds below the expiration'),
+    Rule('istio_sidecar_token_audience', _sidecar_audience_rule, False, ALLOWED_AUDIENCE),
+    Rule('istio_sidecar_ready_timeout', _int_range_rule(1, 3600), False, 'integer seconds 1-3600'),
+] + [Rule(name, _simple(check_bool), False, ALLOWED_BOOL)
+     for name in ('istio_sidecar_dns_capture', 'istio_sidecar_auto_register', 'istio_sidecar_intercept',
+                  'istio_sidecar_require_ready')] + _ISTIO_SIDECAR_PATH_RULES
+
+# Offboarding needs no inventory model: only where the files are.
+ISTIO_SIDECAR_ABSENT_RULES = [_ISTIO_SIDECAR_STATE_RULE] + _ISTIO_SIDECAR_PATH_RULES
+
 CHECKS: Dict[str, List[Rule]] = {
     'fleetmesh_model': FLEETMESH_MODEL_RULES,
     'envoy': ENVOY_RULES,
     'workload_certs': WORKLOAD_CERTS_RULES,
     'istio_sidecar': ISTIO_SIDECAR_RULES,
+    'istio_sidecar_absent': ISTIO_SIDECAR_ABSENT_RULES,
     'mesh_registration': FLEETMESH_MODEL_RULES,
 }
 
