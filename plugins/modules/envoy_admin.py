@@ -34,7 +34,7 @@ options:
     default: server_info
   stats_filter:
     description:
-      - RE2 regular expression on stat names for O(action=stats), for example V(^server\.).
+      - RE2 regular expression on stat names for O(action=stats), for example C(^server[.]).
       - All stats when not set.
     type: str
   drain_graceful:
