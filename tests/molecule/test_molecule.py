@@ -12,8 +12,15 @@ import pytest
 from tests.conftest import ROOT, need
 
 
+SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
+
+
+def test_scenarios_exist():
+    assert {"debian", "rhel"} <= set(SCENARIOS), SCENARIOS
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", ["debian", "rhel"])
+@pytest.mark.parametrize("scenario", SCENARIOS)
 def test_molecule_scenario(scenario):
     need("podman", "run 'make setup' (apt-get install podman runc)")
     molecule = need("molecule")
