@@ -11,7 +11,6 @@ import pytest
 
 from tests.conftest import ROOT, need
 
-
 SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
 
 
