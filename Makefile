@@ -48,6 +48,7 @@ demo-down: lab-down
 # The whole suite runs under one pytest so CI ends with pytest's summary line. Quality
 # gates (ruff, yamllint, ansible-lint, ansible-test sanity) and molecule are pytest tests too.
 test: setup kube-build
+	@tools/lab/lab.sh down >/dev/null  # every run starts from fresh lab VMs
 	pytest -p no:cacheprovider tests/quality tests/unit tests/integration tests/molecule
 
 lint: setup
