@@ -1,0 +1,275 @@
+# Copyright (c) fleetmesh maintainers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""fleetmesh.envoy.workload_sign: sign the CSRs of every host of the play in one controller task.
+
+Documented in plugins/modules/workload_sign.py. The CA private key is read on the controller and
+never returned; results hold certificates only, except with source=legacy_secret, where the
+result carries each host's key.pem and is marked no_log.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import base64
+import os
+
+from ansible.errors import AnsibleError
+from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import pki
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.validation import (
+    ALLOWED_DURATION,
+    WORKLOAD_CERTS_SOURCES,
+    workload_allowed_sans,
+)
+
+display = Display()
+
+LEGACY_WARNING = ('workload_certs_source=legacy_secret: the private key key.pem is read from the Kubernetes Secret '
+                  '%s and passes through the controller to the hosts (and every host of a namespace gets the same '
+                  'key). Prefer a source that keeps keys on the hosts (lab_ca, files or kubernetes).')
+
+ARGUMENT_SPEC = {
+    'operation': {'type': 'str', 'choices': ['sign', 'inspect'], 'default': 'sign'},
+    'source': {'type': 'str', 'choices': list(WORKLOAD_CERTS_SOURCES), 'default': 'lab_ca'},
+    'csr_var': {'type': 'str'},
+    'hosts': {'type': 'list', 'elements': 'str'},
+    'lifetime': {'type': 'str', 'default': '30d'},
+    'ca_cert': {'type': 'path'},
+    'ca_key': {'type': 'path', 'no_log': False},
+    'ca_chain': {'type': 'path'},
+    'lab_ca_dir': {'type': 'path', 'default': '~/.fleetmesh/lab-ca'},
+    'kubeconfig': {'type': 'path'},
+    'kube_context': {'type': 'str'},
+    'secret_namespace': {'type': 'str', 'default': 'istio-system'},
+    'secret_name': {'type': 'str', 'default': 'cacerts', 'no_log': False},
+    'legacy_secret_name': {'type': 'str', 'default': 'istio.default', 'no_log': False},
+}
+
+
+class SignError(AnsibleError):
+    """A problem the operator must fix; its message is the task's msg."""
+
+
+def _text(value):
+    if isinstance(value, bytes):
+        return value.decode('utf-8', 'replace')
+    return value
+
+
+class KubeSecrets:
+    """Reads Secrets with the kubernetes Python client, one API client per task."""
+
+    def __init__(self, kubeconfig, context):
+        try:
+            from kubernetes import client, config
+            from kubernetes.client.rest import ApiException
+        except ImportError as err:
+            raise SignError('the Python package kubernetes is needed on the controller to read Secrets: %s' % err) \
+                from err
+        self._client_module = client
+        self._api_exception = ApiException
+        path = os.path.expanduser(kubeconfig or '~/.kube/config')
+        if not os.path.exists(path):
+            raise SignError('kubeconfig %s does not exist on the controller' % path)
+        try:
+            self._api = config.new_client_from_config(config_file=path, context=context or None)
+        except Exception as err:  # ConfigException and friends; their text names files and contexts only
+            raise SignError('cannot load kubeconfig %s: %s' % (path, type(err).__name__)) from None
+        self._cache = {}
+
+    def read(self, namespace, name):
+        key = (namespace, name)
+        if key not in self._cache:
+            core = self._client_module.CoreV1Api(self._api)
+            try:
+                secret = core.read_namespaced_secret(name, namespace)
+            except self._api_exception as err:
+                raise SignError('cannot read Secret %s/%s: HTTP %s %s' % (namespace, name, err.status, err.reason)) \
+                    from None
+            except Exception as err:  # connection errors; never echo the request (it carries the credentials)
+                raise SignError('cannot read Secret %s/%s: %s' % (namespace, name, type(err).__name__)) from None
+            self._cache[key] = dict((item, base64.b64decode(value)) for item, value in (secret.data or {}).items())
+        return self._cache[key]
+
+    def close(self):
+        try:
+            self._api.close()
+        except Exception:  # pragma: no cover - best effort
+            pass
+
+
+class ActionModule(ActionBase):
+    """Sign (or, with operation=inspect, only load and check the CA) on the controller; never connects to hosts."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _supports_check_mode = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp  # unused
+        task_vars = task_vars or {}
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        check_mode = bool(self._task.check_mode)
+        kube = None
+        try:
+            if args['operation'] == 'sign' and not self._task.run_once and len(self._hosts(args, task_vars)) > 1:
+                raise SignError('workload_sign signs the CSRs of all hosts of the play in one task; '
+                                'add run_once: true to the task')
+            if args['source'] == 'legacy_secret':
+                kube = KubeSecrets(args['kubeconfig'], args['kube_context'])
+                result.update(self._legacy(args, task_vars, kube))
+                return result
+            ca, created = self._load_ca(args, check_mode)
+            result.update(ca=ca.public(), changed=created and not check_mode)
+            if created:
+                result.setdefault('warnings', []).append(
+                    'created a new lab CA in %s%s' % (args['lab_ca_dir'], ' (in memory only: check mode)' if check_mode
+                                                      else ''))
+            if args['operation'] == 'inspect':
+                result['msg'] = 'CA %s (root %s) is usable until %s' % (
+                    result['ca']['issuer'], result['ca']['root_subject'], result['ca']['not_after'])
+                return result
+            result.update(self._sign(ca, args, task_vars))
+            result['changed'] = result['changed'] or bool(result['signed'])
+        except (SignError, pki.PKIError) as err:
+            result.update(failed=True, msg='workload_sign: %s' % err)
+        finally:
+            if kube is not None:
+                kube.close()
+        return result
+
+    # ---------------------------------------------------------------------------------------
+    def _hosts(self, args, task_vars):
+        hosts = args['hosts']
+        if hosts is None:
+            hosts = task_vars.get('ansible_play_batch') or [task_vars.get('inventory_hostname')]
+        return [str(host) for host in hosts]
+
+    def _load_ca(self, args, check_mode):
+        source = args['source']
+        if source == 'lab_ca':
+            return pki.lab_ca(args['lab_ca_dir'], persist=not check_mode)
+        if source == 'files':
+            missing = [name for name in ('ca_cert', 'ca_key') if not args[name]]
+            if missing:
+                raise SignError('source=files needs %s' % ' and '.join(missing))
+            texts = {}
+            for name in ('ca_cert', 'ca_key', 'ca_chain'):
+                path = args[name]
+                if not path:
+                    continue
+                path = os.path.expanduser(path)
+                try:
+                    with open(path, 'rb') as handle:
+                        texts[name] = handle.read()
+                except (IOError, OSError) as err:
+                    raise SignError('cannot read %s %s on the controller: %s' % (name, path, err.strerror)) from None
+            return pki.CA(texts['ca_cert'], texts['ca_key'], texts.get('ca_chain'), None,
+                          'CA files %s' % args['ca_cert']), False
+        kube = KubeSecrets(args['kubeconfig'], args['kube_context'])
+        try:
+            data = kube.read(args['secret_namespace'], args['secret_name'])
+        finally:
+            kube.close()
+        return pki.ca_from_istio_cacerts(data, 'Secret %s/%s' % (args['secret_namespace'], args['secret_name'])), False
+
+    def _identity(self, host, task_vars):
+        """(SPIFFE ID, allowed DNS names, allowed IPs) of a host, from its inventory variables only."""
+        from ansible_collections.fleetmesh.envoy.plugins.filter.fleetmesh import spiffe_id
+
+        hostvars = task_vars.get('hostvars', {}).get(host)
+        if hostvars is None:
+            raise SignError('%s: no such host in the inventory' % host)
+        spiffe = spiffe_id(hostvars.get('fleetmesh_trust_domain'), hostvars.get('fleetmesh_namespace'),
+                           hostvars.get('fleetmesh_service_account'))
+        dns, ips = workload_allowed_sans({
+            'inventory_hostname': host, 'ansible_host': hostvars.get('ansible_host'),
+            'fleetmesh_address': hostvars.get('fleetmesh_address'), 'fleetmesh_service': hostvars.get('fleetmesh_service'),
+            'fleetmesh_namespace': hostvars.get('fleetmesh_namespace')})
+        return spiffe, dns, ips, hostvars
+
+    def _sign(self, ca, args, task_vars):
+        if not args['csr_var']:
+            raise SignError('csr_var is required with operation=sign: the name of the variable each host registered '
+                            'from fleetmesh.envoy.workload_csr')
+        try:
+            lifetime = pki.parse_duration(args['lifetime'])
+        except ValueError:
+            raise SignError('lifetime: %r is not a valid duration; allowed: %s' % (
+                args['lifetime'], ALLOWED_DURATION)) from None
+        certs, refused, not_signed, warnings = {}, {}, {}, []
+        for host in self._hosts(args, task_vars):
+            try:
+                spiffe, dns, ips, hostvars = self._identity(host, task_vars)
+            except AnsibleError as err:
+                refused[host] = str(err.message if hasattr(err, 'message') else err)
+                continue
+            registered = hostvars.get(args['csr_var'])
+            if not isinstance(registered, dict) or registered.get('failed') or registered.get('skipped'):
+                not_signed[host] = 'no successful %s result registered' % args['csr_var']
+                continue
+            if not registered.get('needs_issue'):
+                not_signed[host] = 'the installed certificate is current'
+                continue
+            errors, requested = pki.check_csr(registered.get('csr'), spiffe, dns, ips)
+            if errors:
+                refused[host] = '; '.join(errors)
+                continue
+            issued = ca.sign(registered['csr'], spiffe, requested['dns'], requested['ips'], lifetime,
+                             subject_cn=host, organization=spiffe[len('spiffe://'):].split('/', 1)[0])
+            warnings.extend('%s: %s' % (host, warning) for warning in issued.pop('warnings'))
+            issued['reasons'] = list(registered.get('reasons') or [])
+            certs[host] = issued
+        if refused:
+            raise SignError('refused to sign for %d host(s); nothing was signed:\n%s' % (
+                len(refused), '\n'.join('%s: %s' % item for item in sorted(refused.items()))))
+        out = {'certs': certs, 'signed': sorted(certs), 'not_signed': not_signed,
+               'msg': 'signed %d certificate(s) with %s' % (len(certs), ca.public()['issuer'])}
+        if warnings:
+            out['warnings'] = sorted(set(warnings))
+        return out
+
+    def _legacy(self, args, task_vars, kube):
+        display.warning(LEGACY_WARNING % args['legacy_secret_name'])
+        certs, refused = {}, {}
+        now = pki.utcnow()
+        for host in self._hosts(args, task_vars):
+            try:
+                spiffe, _dns, _ips, hostvars = self._identity(host, task_vars)
+                namespace = hostvars.get('fleetmesh_namespace')
+                data = kube.read(namespace, args['legacy_secret_name'])
+                missing = [name for name in ('root-cert.pem', 'cert-chain.pem', 'key.pem') if not data.get(name)]
+                if missing:
+                    raise SignError('Secret %s/%s lacks %s' % (namespace, args['legacy_secret_name'], ', '.join(missing)))
+                chain, root, key = (_text(data[name]) for name in ('cert-chain.pem', 'root-cert.pem', 'key.pem'))
+                errors = pki.verify_chain(chain, root, now)
+                leaf = pki.load_certs(chain, 'cert-chain.pem')[0]
+                if leaf.spki != pki.private_key_spki(key):
+                    errors.append('key.pem does not match cert-chain.pem')
+                if leaf.uris != [spiffe]:
+                    errors.append('the certificate is for %s; allowed: exactly %s (computed from the inventory)' % (
+                        ', '.join(leaf.uris) or 'no URI', spiffe))
+                if errors:
+                    raise SignError('; '.join(errors))
+            except (AnsibleError, pki.PKIError) as err:
+                refused[host] = str(getattr(err, 'message', err))
+                continue
+            info = leaf.info(now)
+            certs[host] = {'cert_chain': chain, 'root_cert': root, 'serial': info['serial'],
+                           'not_after': info['not_after'], 'sans': info['sans'], 'spiffe_id': spiffe}
+            if args['operation'] == 'sign':
+                certs[host]['key'] = key
+        if refused:
+            raise SignError('cannot use the legacy Secret %s for %d host(s):\n%s' % (
+                args['legacy_secret_name'], len(refused),
+                '\n'.join('%s: %s' % item for item in sorted(refused.items()))))
+        out = {'changed': False, 'certs': certs, 'signed': [], 'not_signed': {},
+               'msg': 'read %d certificate(s) and key(s) from Secret %s' % (len(certs), args['legacy_secret_name'])}
+        if args['operation'] == 'sign':
+            out['_ansible_no_log'] = True  # the result carries private keys
+        return out

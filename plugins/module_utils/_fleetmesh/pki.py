@@ -1,0 +1,1093 @@
+# Copyright (c) fleetmesh maintainers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+# Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+# Do not use this from other collections or standalone plugins/modules!
+
+"""Workload certificates: keys and CSRs on the host, signing on the controller.
+
+Host side (shipped with modules, Python 3.8+, no third-party package required):
+
+* ``Cert``: a small DER reader for X.509 certificates (subject, issuer, serial, validity,
+  SANs, public key, CA flag, key identifiers), so reading installed certificates needs nothing
+  beyond the standard library;
+* key backends: ``cryptography`` when the host has it, else the ``openssl`` command line tool;
+  either generates the private key into a 0600 file on the host, reads its *public* key and
+  builds the CSR. Private key bytes are never returned by any function here;
+* ``reissue_reasons``: whether the installed certificate must be re-issued.
+
+Controller side (needs ``cryptography``): ``CA`` (load and check a CA with its chain to the
+root), ``lab_ca`` (a root + intermediate the collection generates), ``check_csr`` (the SAN
+policy) and ``CA.sign`` (issue a leaf certificate).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import base64
+import binascii
+import datetime
+import hashlib
+import ipaddress
+import os
+import re
+import shutil
+import tempfile
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+try:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    import cryptography as _cryptography
+    HAS_CRYPTOGRAPHY = True
+    CRYPTOGRAPHY_IMPORT_ERROR: Optional[str] = None
+    CRYPTOGRAPHY_VERSION = _cryptography.__version__
+except ImportError:
+    HAS_CRYPTOGRAPHY = False
+    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
+    CRYPTOGRAPHY_VERSION = None
+
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.validation import parse_duration
+
+
+KEY_FILE = 'key.pem'
+CERT_CHAIN_FILE = 'cert-chain.pem'
+ROOT_CERT_FILE = 'root-cert.pem'
+ISTIO_CACERTS_KEYS = ('ca-cert.pem', 'ca-key.pem', 'root-cert.pem', 'cert-chain.pem')
+KEY_TYPES = ('ec', 'rsa')
+RSA_KEY_SIZES = (2048, 3072, 4096)
+EC_CURVE = 'P-256'
+# Certificates are valid from a little before they are issued, for hosts whose clocks lag.
+BACKDATE_SECONDS = 300
+# A certificate that outlives the configured lifetime by more than this is re-issued.
+LIFETIME_SLACK_SECONDS = 60
+
+
+class PKIError(Exception):
+    """A problem with a key, certificate, CSR or CA, with a message meant for the operator."""
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def iso(when: datetime.datetime) -> str:
+    return when.astimezone(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+# --------------------------------------------------------------------------------------------
+# Durations: 30d, 12h, 1h30m, 90s or a number of seconds
+# --------------------------------------------------------------------------------------------
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    sign = '-' if seconds < 0 else ''
+    seconds = abs(seconds)
+    parts = []
+    for unit, size in (('d', 86400), ('h', 3600), ('m', 60), ('s', 1)):
+        if seconds >= size or (unit == 's' and not parts):
+            parts.append('%d%s' % (seconds // size, unit))
+            seconds %= size
+    return sign + ''.join(parts)
+
+
+def renew_before_seconds(lifetime: int, renew_before: Any = None) -> int:
+    """renew_before in seconds; default one third of the lifetime."""
+    if renew_before in (None, ''):
+        return max(1, lifetime // 3)
+    return parse_duration(renew_before)
+
+
+# --------------------------------------------------------------------------------------------
+# PEM
+# --------------------------------------------------------------------------------------------
+
+_PEM_RE = re.compile(r'-----BEGIN ([A-Z0-9 ]+)-----([A-Za-z0-9+/=\s]*?)-----END \1-----')
+
+
+def pem_blocks(text: Any, label: Optional[str] = None) -> List[bytes]:
+    """DER of every PEM block in ``text`` (with ``label``, e.g. CERTIFICATE, when given)."""
+    if text is None:
+        return []
+    if isinstance(text, bytes):
+        text = text.decode('ascii', 'replace')
+    blocks = []
+    for match in _PEM_RE.finditer(text):
+        if label is not None and match.group(1) != label:
+            continue
+        try:
+            blocks.append(base64.b64decode(''.join(match.group(2).split()), validate=True))
+        except (binascii.Error, ValueError):
+            raise PKIError('a PEM %s block is not valid base64' % match.group(1)) from None
+    return blocks
+
+
+def der_to_pem(der: bytes, label: str = 'CERTIFICATE') -> str:
+    body = base64.b64encode(der).decode('ascii')
+    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+    return '-----BEGIN %s-----\n%s\n-----END %s-----\n' % (label, '\n'.join(lines), label)
+
+
+def has_private_key_marker(text: Any) -> bool:
+    return 'PRIVATE KEY-----' in (text or '')
+
+
+def fingerprint(der: bytes) -> str:
+    """SHA-256 of DER bytes, as ``sha256:<hex>``."""
+    return 'sha256:' + hashlib.sha256(der).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# A small DER reader: enough X.509 to read certificates on hosts without third-party packages
+# --------------------------------------------------------------------------------------------
+
+def _tlv(data: bytes, pos: int, end: Optional[int] = None) -> Tuple[int, int, int]:
+    """(tag, content start, content end) of the element at ``pos``."""
+    end = len(data) if end is None else end
+    if pos + 2 > end:
+        raise PKIError('truncated DER element')
+    tag = data[pos]
+    if tag & 0x1f == 0x1f:
+        raise PKIError('unsupported DER tag')
+    length = data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7f
+        if count == 0 or count > 4 or pos + count > end:
+            raise PKIError('unsupported DER length')
+        length = int.from_bytes(data[pos:pos + count], 'big')
+        pos += count
+    if pos + length > end:
+        raise PKIError('truncated DER element')
+    return tag, pos, pos + length
+
+
+def _children(data: bytes, start: int, end: int) -> List[Tuple[int, int, int, int]]:
+    """(tag, content start, content end, element start) of each element in data[start:end]."""
+    items = []
+    pos = start
+    while pos < end:
+        tag, cstart, cend = _tlv(data, pos, end)
+        items.append((tag, cstart, cend, pos))
+        pos = cend
+    return items
+
+
+def _oid(content: bytes) -> str:
+    arcs = []
+    value = 0
+    for byte in bytearray(content):
+        value = (value << 7) | (byte & 0x7f)
+        if not byte & 0x80:
+            arcs.append(value)
+            value = 0
+    if not arcs:
+        raise PKIError('empty OID')
+    first = min(arcs[0] // 40, 2)
+    return '.'.join(str(arc) for arc in [first, arcs[0] - 40 * first] + arcs[1:])
+
+
+def _time(tag: int, content: bytes) -> datetime.datetime:
+    text = content.decode('ascii')
+    if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ
+        year = int(text[0:2])
+        text = ('19' if year >= 50 else '20') + text
+    elif tag != 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
+        raise PKIError('unsupported time type')
+    if not text.endswith('Z') or len(text) != 15:
+        raise PKIError('unsupported time format %r' % text)
+    return datetime.datetime.strptime(text, '%Y%m%d%H%M%SZ').replace(tzinfo=datetime.timezone.utc)
+
+
+_NAME_ATTRIBUTES = {
+    '2.5.4.3': 'CN', '2.5.4.7': 'L', '2.5.4.8': 'ST', '2.5.4.10': 'O', '2.5.4.11': 'OU', '2.5.4.6': 'C',
+    '2.5.4.9': 'STREET', '0.9.2342.19200300.100.1.25': 'DC', '0.9.2342.19200300.100.1.1': 'UID',
+}
+_STRING_CODECS = {0x0c: 'utf-8', 0x13: 'ascii', 0x16: 'ascii', 0x14: 'latin-1', 0x1e: 'utf-16-be',
+                  0x1c: 'utf-32-be', 0x12: 'ascii', 0x1a: 'ascii'}
+
+
+def _escape_dn_value(value: str) -> str:
+    """RFC 4514 escaping, as cryptography's Name.rfc4514_string() does it."""
+    if not value:
+        return ''
+    for char, escaped in (('\\', '\\\\'), ('"', '\\"'), ('+', '\\+'), (',', '\\,'), (';', '\\;'),
+                          ('<', '\\<'), ('>', '\\>'), ('\0', '\\00')):
+        value = value.replace(char, escaped)
+    if value[0] in ('#', ' '):
+        value = '\\' + value
+    if value[-1] == ' ':
+        value = value[:-1] + '\\ '
+    return value
+
+
+def _name(data: bytes, start: int, end: int) -> str:
+    """RFC 4514 string of a Name (last RDN first, as cryptography and OpenSSL's RFC 2253 mode)."""
+    rdns = []
+    for _tag, rstart, rend, _pos in _children(data, start, end):
+        parts = []
+        for _atag, astart, aend, _apos in _children(data, rstart, rend):
+            (otag, ostart, oend, _p), (vtag, vstart, vend, _q) = _children(data, astart, aend)[:2]
+            oid = _oid(data[ostart:oend])
+            codec = _STRING_CODECS.get(vtag)
+            if codec is None:
+                value = '#' + binascii.hexlify(data[_q:vend]).decode('ascii')
+            else:
+                value = _escape_dn_value(data[vstart:vend].decode(codec, 'replace'))
+            parts.append('%s=%s' % (_NAME_ATTRIBUTES.get(oid, oid), value))
+        rdns.append('+'.join(parts))
+    return ','.join(reversed(rdns))
+
+
+_OID_EC_PUBLIC_KEY = '1.2.840.10045.2.1'
+_OID_RSA = '1.2.840.113549.1.1.1'
+_EC_CURVES = {'1.2.840.10045.3.1.7': ('P-256', 256), '1.3.132.0.34': ('P-384', 384), '1.3.132.0.35': ('P-521', 521)}
+_OTHER_KEY_TYPES = {'1.3.101.112': ('ed25519', 256), '1.3.101.113': ('ed448', 456)}
+
+
+def spki_info(spki: bytes) -> Dict[str, Any]:
+    """{type: ec|rsa|ed25519|..., size: bits, curve: P-256 (EC only), fingerprint} of a SubjectPublicKeyInfo."""
+    _tag, start, end = _tlv(spki, 0)
+    (_a, astart, aend, _p), (_b, bstart, bend, _q) = _children(spki, start, end)[:2]
+    alg = _children(spki, astart, aend)
+    oid = _oid(spki[alg[0][1]:alg[0][2]])
+    info: Dict[str, Any] = {'fingerprint': fingerprint(spki)}
+    if oid == _OID_EC_PUBLIC_KEY:
+        curve_oid = _oid(spki[alg[1][1]:alg[1][2]]) if len(alg) > 1 and alg[1][0] == 0x06 else ''
+        curve, size = _EC_CURVES.get(curve_oid, (curve_oid or 'unknown', 0))
+        info.update(type='ec', curve=curve, size=size)
+    elif oid == _OID_RSA:
+        bits = spki[bstart + 1:bend]  # skip the unused-bits byte
+        _t, rstart, rend = _tlv(bits, 0)
+        _n, nstart, nend, _r = _children(bits, rstart, rend)[0]
+        info.update(type='rsa', size=int.from_bytes(bits[nstart:nend], 'big').bit_length())
+    elif oid in _OTHER_KEY_TYPES:
+        info.update(type=_OTHER_KEY_TYPES[oid][0], size=_OTHER_KEY_TYPES[oid][1])
+    else:
+        info.update(type=oid, size=0)
+    return info
+
+
+def describe_key(info: Dict[str, Any]) -> str:
+    if info.get('type') == 'ec':
+        return 'EC %s' % info.get('curve')
+    return '%s %s' % (str(info.get('type')).upper(), info.get('size'))
+
+
+class Cert:
+    """The fields of one X.509 certificate that workload identity needs, read from DER."""
+
+    def __init__(self, der: bytes) -> None:
+        self.der = der
+        try:
+            self._parse(der)
+        except (PKIError, IndexError, ValueError, UnicodeDecodeError) as err:
+            raise PKIError('not a valid X.509 certificate: %s' % err) from err
+
+    def _parse(self, der: bytes) -> None:
+        _tag, start, end = _tlv(der, 0)
+        tbs_tag, tstart, tend, _p = _children(der, start, end)[0]
+        fields = _children(der, tstart, tend)
+        if fields and fields[0][0] == 0xa0:  # [0] EXPLICIT version
+            fields = fields[1:]
+        serial, _sigalg, issuer, validity, subject, spki = fields[:6]
+        self.serial_number = int.from_bytes(der[serial[1]:serial[2]], 'big', signed=True)
+        self.issuer_der = der[issuer[3]:issuer[2]]
+        self.subject_der = der[subject[3]:subject[2]]
+        self.issuer = _name(der, issuer[1], issuer[2])
+        self.subject = _name(der, subject[1], subject[2])
+        not_before, not_after = _children(der, validity[1], validity[2])[:2]
+        self.not_before = _time(not_before[0], der[not_before[1]:not_before[2]])
+        self.not_after = _time(not_after[0], der[not_after[1]:not_after[2]])
+        self.spki = der[spki[3]:spki[2]]
+        self.uris: List[str] = []
+        self.dns_names: List[str] = []
+        self.ip_addresses: List[str] = []
+        self.other_sans: List[str] = []
+        self.is_ca = False
+        self.ski: Optional[bytes] = None
+        self.aki: Optional[bytes] = None
+        for field in fields[6:]:
+            if field[0] != 0xa3:  # [3] EXPLICIT extensions
+                continue
+            _s, estart, eend = _tlv(der, field[1], field[2])
+            for _e, xstart, xend, _xp in _children(der, estart, eend):
+                parts = _children(der, xstart, xend)
+                oid = _oid(der[parts[0][1]:parts[0][2]])
+                value = der[parts[-1][1]:parts[-1][2]]
+                self._extension(oid, value)
+
+    def _extension(self, oid: str, value: bytes) -> None:
+        if oid == '2.5.29.17':  # subjectAltName
+            _t, start, end = _tlv(value, 0)
+            for tag, cstart, cend, _p in _children(value, start, end):
+                content = value[cstart:cend]
+                if tag == 0x82:
+                    self.dns_names.append(content.decode('ascii'))
+                elif tag == 0x86:
+                    self.uris.append(content.decode('ascii'))
+                elif tag == 0x87:
+                    self.ip_addresses.append(str(ipaddress.ip_address(bytes(content))))
+                elif tag == 0x81:
+                    self.other_sans.append('email:' + content.decode('ascii'))
+                else:
+                    self.other_sans.append('tag%d' % (tag & 0x1f))
+        elif oid == '2.5.29.19':  # basicConstraints
+            _t, start, end = _tlv(value, 0)
+            items = _children(value, start, end)
+            self.is_ca = bool(items and items[0][0] == 0x01 and value[items[0][1]] != 0)
+        elif oid == '2.5.29.14':  # subjectKeyIdentifier
+            _t, start, end = _tlv(value, 0)
+            self.ski = value[start:end]
+        elif oid == '2.5.29.35':  # authorityKeyIdentifier
+            _t, start, end = _tlv(value, 0)
+            for tag, cstart, cend, _p in _children(value, start, end):
+                if tag == 0x80:
+                    self.aki = value[cstart:cend]
+
+    @property
+    def sans(self) -> List[str]:
+        return (['URI:' + uri for uri in self.uris] + ['DNS:' + name for name in self.dns_names]
+                + ['IP:' + address for address in self.ip_addresses] + self.other_sans)
+
+    @property
+    def serial(self) -> str:
+        return format(self.serial_number, 'x')
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.der)
+
+    @property
+    def self_signed(self) -> bool:
+        return self.subject_der == self.issuer_der and (self.aki is None or self.ski is None or self.aki == self.ski)
+
+    def issued_by(self, issuer: 'Cert') -> bool:
+        """Name (and key identifier, when both carry one) chaining; signatures are checked on the controller."""
+        if self.issuer_der != issuer.subject_der:
+            return False
+        return self.aki is None or issuer.ski is None or self.aki == issuer.ski
+
+    def key_info(self) -> Dict[str, Any]:
+        return spki_info(self.spki)
+
+    def info(self, now: Optional[datetime.datetime] = None) -> Dict[str, Any]:
+        """The public facts of the certificate, as module results and reports show them."""
+        now = now or utcnow()
+        seconds_left = int((self.not_after - now).total_seconds())
+        spiffe = [uri for uri in self.uris if uri.startswith('spiffe://')]
+        return {
+            'subject': self.subject,
+            'issuer': self.issuer,
+            'serial': self.serial,
+            'sans': self.sans,
+            'spiffe_id': spiffe[0] if len(spiffe) == 1 else None,
+            'not_before': iso(self.not_before),
+            'not_after': iso(self.not_after),
+            'seconds_left': seconds_left,
+            'days_left': round(seconds_left / 86400.0, 2),
+            'fingerprint': self.fingerprint,
+            'public_key': describe_key(self.key_info()),
+            'public_key_fingerprint': fingerprint(self.spki),
+            'is_ca': self.is_ca,
+        }
+
+
+def load_certs(text: Any, what: str = 'certificate file') -> List[Cert]:
+    """Every certificate in PEM ``text``; PKIError when there is none or one is broken."""
+    ders = pem_blocks(text, 'CERTIFICATE')
+    if not ders:
+        raise PKIError('%s holds no PEM certificate' % what)
+    certs = []
+    for index, der in enumerate(ders):
+        try:
+            certs.append(Cert(der))
+        except PKIError as err:
+            raise PKIError('%s, certificate %d: %s' % (what, index + 1, err)) from err
+    return certs
+
+
+def read_file(path: str) -> Optional[str]:
+    """Text of ``path``, or None when it does not exist."""
+    try:
+        with open(path, 'rb') as handle:
+            return handle.read().decode('utf-8', 'replace')
+    except (IOError, OSError) as err:
+        if getattr(err, 'errno', None) == 2:
+            return None
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# SANs
+# --------------------------------------------------------------------------------------------
+
+def split_sans(sans: Sequence[str]) -> Tuple[List[str], List[str], List[str]]:
+    """(URIs, DNS names, IP addresses) of SAN strings ('URI:..', 'DNS:..', 'IP:..' or bare), normalized."""
+    uris: List[str] = []
+    dns: List[str] = []
+    ips: List[str] = []
+    for san in sans:
+        san = str(san).strip()
+        kind, sep, rest = san.partition(':')
+        if sep and kind in ('URI', 'DNS', 'IP'):
+            value = rest
+        elif san.startswith('spiffe://'):
+            kind, value = 'URI', san
+        else:
+            try:
+                ipaddress.ip_address(san)
+                kind, value = 'IP', san
+            except ValueError:
+                kind, value = 'DNS', san
+        if kind == 'URI':
+            uris.append(value)
+        elif kind == 'IP':
+            ips.append(str(ipaddress.ip_address(value)))
+        else:
+            dns.append(value.lower().rstrip('.'))
+    return _unique(uris), _unique(dns), _unique(ips)
+
+
+def _unique(items: Sequence[str]) -> List[str]:
+    seen: List[str] = []
+    for item in items:
+        if item not in seen:
+            seen.append(item)
+    return seen
+
+
+def san_strings(uris: Sequence[str], dns: Sequence[str], ips: Sequence[str]) -> List[str]:
+    return ['URI:' + u for u in uris] + ['DNS:' + d for d in dns] + ['IP:' + i for i in ips]
+
+
+_SAFE_SAN_RE = re.compile(r'^[A-Za-z0-9.:/_*%-]+$')
+
+
+# --------------------------------------------------------------------------------------------
+# Host side: should the installed certificate be re-issued?
+# --------------------------------------------------------------------------------------------
+
+def reissue_reasons(chain_pem: Optional[str], root_pem: Optional[str], key_spki: Optional[bytes], spiffe_id: str,
+                    dns: Sequence[str], ips: Sequence[str], lifetime: int, renew_before: int,
+                    expected_root_pem: Optional[str] = None, expected_intermediates: Optional[Sequence[str]] = None,
+                    now: Optional[datetime.datetime] = None) -> List[str]:
+    """Why the installed cert-chain.pem / root-cert.pem must be re-issued; empty when they are fine.
+
+    Each reason starts with a code: missing, unreadable, key_mismatch, sans_changed, ca_changed,
+    not_yet_valid, expiring, lifetime_changed.
+    """
+    now = now or utcnow()
+    if not chain_pem or not root_pem:
+        missing = [name for name, text in ((CERT_CHAIN_FILE, chain_pem), (ROOT_CERT_FILE, root_pem)) if not text]
+        return ['missing: %s not installed' % ' and '.join(missing)]
+    try:
+        chain = load_certs(chain_pem, CERT_CHAIN_FILE)
+        roots = load_certs(root_pem, ROOT_CERT_FILE)
+    except PKIError as err:
+        return ['unreadable: %s' % err]
+    leaf = chain[0]
+    reasons = []
+    if key_spki is not None and leaf.spki != key_spki:
+        reasons.append('key_mismatch: the certificate is not for the private key %s' % KEY_FILE)
+    want = (sorted([spiffe_id]), sorted(dns), sorted(ips))
+    have = (sorted(leaf.uris), sorted(name.lower() for name in leaf.dns_names), sorted(leaf.ip_addresses))
+    if want != have or leaf.other_sans:
+        reasons.append('sans_changed: installed %s, wanted %s' % (
+            ', '.join(leaf.sans) or 'none', ', '.join(san_strings([spiffe_id], dns, ips))))
+    reasons.extend(_ca_reasons(chain, roots, expected_root_pem, expected_intermediates))
+    left = (leaf.not_after - now).total_seconds()
+    if leaf.not_before > now + datetime.timedelta(seconds=BACKDATE_SECONDS):
+        reasons.append('not_yet_valid: valid only from %s' % iso(leaf.not_before))
+    if left < renew_before:
+        reasons.append('expiring: %s left (not after %s), renew_before is %s' % (
+            format_duration(max(left, 0)) if left > 0 else 'expired, none', iso(leaf.not_after),
+            format_duration(renew_before)))
+    elif left > lifetime + LIFETIME_SLACK_SECONDS:
+        reasons.append('lifetime_changed: %s left, longer than the lifetime %s' % (
+            format_duration(left), format_duration(lifetime)))
+    return reasons
+
+
+def _ca_reasons(chain: List[Cert], roots: List[Cert], expected_root_pem: Optional[str],
+                expected_intermediates: Optional[Sequence[str]]) -> List[str]:
+    root = roots[0]
+    if expected_root_pem:
+        expected_root = load_certs(expected_root_pem, 'root_cert')[0]
+        if expected_root.der != root.der:
+            return ['ca_changed: installed root %s (%s), CA root %s (%s)' % (
+                root.subject, root.fingerprint, expected_root.subject, expected_root.fingerprint)]
+    if expected_intermediates is not None:
+        expected = []
+        for index, pem in enumerate(expected_intermediates):
+            expected.extend(cert.der for cert in load_certs(pem, 'intermediates[%d]' % index))
+        if [cert.der for cert in chain[1:]] != expected:
+            return ['ca_changed: the installed chain has other intermediates than the CA (%d installed, %d now)' % (
+                len(chain) - 1, len(expected))]
+    for child, parent in zip(chain, chain[1:] + [root]):  # noqa: B905 - Python 3.8 has no strict=
+        if not child.issued_by(parent):
+            return ['ca_changed: %s is not issued by %s' % (child.subject or child.serial, parent.subject)]
+    return []
+
+
+# --------------------------------------------------------------------------------------------
+# Host side: key backends (cryptography, else the openssl tool)
+# --------------------------------------------------------------------------------------------
+
+Runner = Callable[[List[str]], Tuple[int, str, str]]
+
+
+def _cryptography_usable() -> bool:
+    if not HAS_CRYPTOGRAPHY:
+        return False
+    try:
+        major, minor = (int(part) for part in CRYPTOGRAPHY_VERSION.split('.')[:2])
+    except (ValueError, AttributeError):
+        return False
+    return (major, minor) >= (3, 1)  # no backend argument needed from 3.1 on
+
+
+def _check_san_text(values: Sequence[str]) -> None:
+    for value in values:
+        if not _SAFE_SAN_RE.match(value):
+            raise PKIError('%r is not allowed in a subjectAltName' % value)
+
+
+class CryptographyKeys:
+    """Keys and CSRs with the cryptography package."""
+
+    name = 'cryptography'
+
+    @staticmethod
+    def _load(path: str) -> Any:
+        with open(path, 'rb') as handle:
+            data = handle.read()
+        try:
+            return serialization.load_pem_private_key(data, password=None)
+        except (TypeError, ValueError) as err:
+            raise PKIError('%s is not an unencrypted PEM private key (%s)' % (path, type(err).__name__)) from err
+
+    def public_spki(self, path: str) -> bytes:
+        return self._load(path).public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def generate(self, path: str, key_type: str, key_size: int) -> None:
+        """Write a new PKCS#8 PEM key into ``path``, an existing file created 0600 by the caller."""
+        if key_type == 'rsa':
+            key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+        else:
+            key = ec.generate_private_key(ec.SECP256R1())
+        data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+        with open(path, 'wb') as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def csr(self, path: str, spiffe_id: str, dns: Sequence[str], ips: Sequence[str], organization: str) -> str:
+        _check_san_text([spiffe_id] + list(dns) + list(ips) + [organization])
+        key = self._load(path)
+        names = [x509.UniformResourceIdentifier(spiffe_id)] + [x509.DNSName(name) for name in dns] + [
+            x509.IPAddress(ipaddress.ip_address(address)) for address in ips]
+        builder = x509.CertificateSigningRequestBuilder().subject_name(
+            x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)])
+        ).add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode('ascii')
+
+
+class OpenSSLKeys:
+    """Keys and CSRs with the openssl command line tool (OpenSSL 1.1.1 or later)."""
+
+    name = 'openssl'
+
+    def __init__(self, openssl: str, run: Runner) -> None:
+        self.openssl = openssl
+        self.run = run
+
+    def _call(self, args: List[str], what: str) -> str:
+        rc, out, err = self.run([self.openssl] + args)
+        if rc != 0:
+            # openssl's messages name files and reasons, never key material
+            raise PKIError('%s failed (openssl rc=%d): %s' % (what, rc, (err or out).strip()[-800:]))
+        return out
+
+    def public_spki(self, path: str) -> bytes:
+        try:
+            out = self._call(['pkey', '-in', path, '-pubout', '-passin', 'pass:'], 'reading the public key')
+        except PKIError as err:
+            raise PKIError('%s is not an unencrypted PEM private key: %s' % (path, err)) from err
+        blocks = pem_blocks(out, 'PUBLIC KEY')
+        if not blocks:
+            raise PKIError('%s: openssl printed no public key' % path)
+        return blocks[0]
+
+    def generate(self, path: str, key_type: str, key_size: int) -> None:
+        if key_type == 'rsa':
+            args = ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:%d' % key_size]
+        else:
+            args = ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-pkeyopt', 'ec_param_enc:named_curve']
+        self._call(['genpkey'] + args + ['-out', path], 'generating the key')
+
+    def csr(self, path: str, spiffe_id: str, dns: Sequence[str], ips: Sequence[str], organization: str) -> str:
+        _check_san_text([spiffe_id] + list(dns) + list(ips) + [organization])
+        alt = ['URI.1 = %s' % spiffe_id]
+        alt += ['DNS.%d = %s' % (index + 1, name) for index, name in enumerate(dns)]
+        alt += ['IP.%d = %s' % (index + 1, address) for index, address in enumerate(ips)]
+        config = '\n'.join([
+            '[req]', 'distinguished_name = dn', 'prompt = no', 'req_extensions = ext', 'utf8 = yes',
+            '[dn]', 'O = %s' % organization,
+            '[ext]', 'subjectAltName = @alt',
+            '[alt]'] + alt) + '\n'
+        workdir = tempfile.mkdtemp(prefix='fleetmesh-csr-')
+        try:
+            config_path = os.path.join(workdir, 'req.cnf')
+            with open(config_path, 'w') as handle:
+                handle.write(config)
+            out = self._call(['req', '-new', '-key', path, '-config', config_path, '-sha256', '-outform', 'PEM'],
+                             'building the CSR')
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        blocks = pem_blocks(out, 'CERTIFICATE REQUEST')
+        if not blocks:
+            raise PKIError('openssl printed no CSR')
+        return der_to_pem(blocks[0], 'CERTIFICATE REQUEST')
+
+
+def key_backend(name: str, find_openssl: Callable[[], Optional[str]], run: Runner) -> Any:
+    """The key backend for ``name`` (auto, cryptography or openssl)."""
+    if name in ('auto', 'cryptography') and _cryptography_usable():
+        return CryptographyKeys()
+    if name == 'cryptography':
+        raise PKIError('backend=cryptography needs the Python package cryptography 3.1 or later on the host '
+                       '(found %s)' % (CRYPTOGRAPHY_VERSION or 'none'))
+    openssl = find_openssl()
+    if not openssl:
+        raise PKIError('neither the Python package cryptography (3.1 or later) nor the openssl tool is on the host; '
+                       'install one of them (Debian: python3-cryptography or openssl; EL: python3-cryptography '
+                       'or openssl)')
+    return OpenSSLKeys(openssl, run)
+
+
+def key_matches(info: Dict[str, Any], key_type: str, key_size: int) -> bool:
+    if key_type == 'rsa':
+        return info.get('type') == 'rsa' and info.get('size') == key_size
+    return info.get('type') == 'ec' and info.get('curve') == EC_CURVE
+
+
+# --------------------------------------------------------------------------------------------
+# Controller side: CAs, CSR policy, signing (cryptography required)
+# --------------------------------------------------------------------------------------------
+
+def require_cryptography() -> None:
+    if not HAS_CRYPTOGRAPHY:
+        raise PKIError('signing needs the Python package cryptography on the controller: %s' % CRYPTOGRAPHY_IMPORT_ERROR)
+
+
+def _not_after(cert: Any) -> datetime.datetime:
+    value = getattr(cert, 'not_valid_after_utc', None)
+    return value if value is not None else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+
+
+def _not_before(cert: Any) -> datetime.datetime:
+    value = getattr(cert, 'not_valid_before_utc', None)
+    return value if value is not None else cert.not_valid_before.replace(tzinfo=datetime.timezone.utc)
+
+
+def _spki_der(public_key: Any) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _pem(cert: Any) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode('ascii')
+
+
+def _subject(cert: Any) -> str:
+    return cert.subject.rfc4514_string() or '(empty subject)'
+
+
+def _load_x509_list(text: Any, what: str) -> List[Any]:
+    ders = pem_blocks(text, 'CERTIFICATE')
+    if not ders:
+        raise PKIError('%s holds no PEM certificate' % what)
+    certs = []
+    for index, der in enumerate(ders):
+        try:
+            certs.append(x509.load_der_x509_certificate(der))
+        except ValueError as err:
+            raise PKIError('%s, certificate %d is not valid: %s' % (what, index + 1, err)) from err
+    return certs
+
+
+def _directly_issued_by(child: Any, parent: Any) -> bool:
+    if child.issuer != parent.subject:
+        return False
+    try:
+        child.verify_directly_issued_by(parent)
+    except Exception:  # InvalidSignature, ValueError, TypeError: not issued by this parent
+        return False
+    return True
+
+
+def _hash_for(key: Any) -> Any:
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        return None
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+class CA:
+    """A signing CA: its certificate and key, the intermediates above it, and the root.
+
+    ``intermediates`` are the certificates between the signing certificate and the root (both
+    excluded). A leaf's cert-chain.pem is leaf + signing certificate (unless it is the root) +
+    intermediates; root-cert.pem is the root.
+    """
+
+    def __init__(self, cert_pem: Any, key_pem: Any, chain_pem: Any = None, root_pem: Any = None,
+                 source: str = 'files', now: Optional[datetime.datetime] = None) -> None:
+        require_cryptography()
+        self.source = source
+        self.warnings: List[str] = []
+        certs = _load_x509_list(cert_pem, '%s: CA certificate' % source)
+        self.cert = certs[0]
+        if not key_pem:
+            raise PKIError('%s: no CA private key' % source)
+        try:
+            if isinstance(key_pem, str):
+                key_pem = key_pem.encode('ascii')
+            self.key = serialization.load_pem_private_key(key_pem, password=None)
+        except (TypeError, ValueError) as err:
+            raise PKIError('%s: the CA private key is not an unencrypted PEM private key (%s)' % (
+                source, type(err).__name__)) from err
+        extra = certs[1:]
+        if chain_pem:
+            extra += _load_x509_list(chain_pem, '%s: CA chain' % source)
+        explicit_root = _load_x509_list(root_pem, '%s: root certificate' % source)[0] if root_pem else None
+        if explicit_root is not None:
+            extra.append(explicit_root)
+        self.intermediates, self.root = self._path(extra)
+        if explicit_root is not None and explicit_root != self.root:
+            raise PKIError('%s: the chain of %s ends at %s, not at the given root certificate %s' % (
+                source, _subject(self.cert), _subject(self.root), _subject(explicit_root)))
+        self.errors = self.check(now)
+        if self.errors:
+            raise PKIError('%s: the CA is not usable:\n%s' % (source, '\n'.join(self.errors)))
+
+    def _path(self, extra: List[Any]) -> Tuple[List[Any], Any]:
+        """(intermediates above the signing certificate, root); every link's signature verified."""
+        current = self.cert
+        path: List[Any] = []
+        for _step in range(10):
+            if _directly_issued_by(current, current):
+                return (path[:-1] if path else []), current
+            parents = [cert for cert in extra if cert != current and _directly_issued_by(current, cert)]
+            if not parents:
+                raise PKIError('%s: the chain from %s does not reach a self-signed root: no certificate of the '
+                               'issuer %s (or its signature does not verify); add the intermediates and the '
+                               'root to the chain' % (self.source, _subject(self.cert), current.issuer.rfc4514_string()))
+            current = parents[0]
+            path.append(current)
+        raise PKIError('%s: the CA chain is longer than 10 certificates' % self.source)
+
+    def check(self, now: Optional[datetime.datetime] = None) -> List[str]:
+        """Everything that makes this CA unusable for signing now."""
+        now = now or utcnow()
+        errors = []
+        if _spki_der(self.cert.public_key()) != _spki_der(self.key.public_key()):
+            errors.append('the CA certificate %s and the CA private key do not match (public key %s vs %s)' % (
+                _subject(self.cert), fingerprint(_spki_der(self.cert.public_key())),
+                fingerprint(_spki_der(self.key.public_key()))))
+        for role, cert in [('CA certificate', self.cert)] + [('intermediate', c) for c in self.intermediates] + [
+                ('root certificate', self.root)]:
+            if _not_after(cert) <= now:
+                errors.append('the %s %s expired on %s' % (role, _subject(cert), iso(_not_after(cert))))
+            elif _not_before(cert) > now:
+                errors.append('the %s %s is not valid before %s' % (role, _subject(cert), iso(_not_before(cert))))
+            try:
+                constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+                is_ca = constraints.ca
+            except x509.ExtensionNotFound:
+                is_ca = False
+            if not is_ca:
+                errors.append('the %s %s is not a CA certificate (basicConstraints CA:TRUE missing)' % (
+                    role, _subject(cert)))
+            try:
+                usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+                if not usage.key_cert_sign:
+                    errors.append('the %s %s may not sign certificates (keyUsage keyCertSign missing)' % (
+                        role, _subject(cert)))
+            except x509.ExtensionNotFound:
+                pass
+        if not isinstance(self.key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
+            errors.append('the CA private key type %s is not supported; allowed: EC, RSA, Ed25519' % type(self.key).__name__)
+        return errors
+
+    @property
+    def root_pem(self) -> str:
+        return _pem(self.root)
+
+    @property
+    def chain_certs(self) -> List[Any]:
+        """What follows a leaf in its cert-chain.pem: the signing certificate (unless it is the root) and the intermediates."""
+        return ([] if self.cert == self.root else [self.cert]) + self.intermediates
+
+    def not_after(self) -> datetime.datetime:
+        return min(_not_after(cert) for cert in [self.cert, self.root] + self.intermediates)
+
+    def public(self) -> Dict[str, Any]:
+        """What hosts and reports may see of the CA: certificates only."""
+        return {
+            'source': self.source,
+            'issuer': _subject(self.cert),
+            'root_cert': self.root_pem,
+            'root_subject': _subject(self.root),
+            'root_fingerprint': fingerprint(self.root.public_bytes(serialization.Encoding.DER)),
+            'intermediates': [_pem(cert) for cert in self.chain_certs],
+            'not_after': iso(self.not_after()),
+        }
+
+    def sign(self, csr_pem: str, spiffe_id: str, dns: Sequence[str], ips: Sequence[str], lifetime: int,
+             subject_cn: Optional[str] = None, organization: Optional[str] = None,
+             now: Optional[datetime.datetime] = None) -> Dict[str, Any]:
+        """Issue a leaf for the CSR's public key with exactly these SANs. The CSR must have passed check_csr."""
+        now = now or utcnow()
+        csr = x509.load_pem_x509_csr(csr_pem.encode('ascii') if isinstance(csr_pem, str) else csr_pem)
+        not_after = now + datetime.timedelta(seconds=lifetime)
+        warnings = []
+        if not_after > self.not_after():
+            warnings.append('the CA expires on %s, before the requested lifetime ends; the certificate ends then too'
+                            % iso(self.not_after()))
+            not_after = self.not_after()
+        attributes = []
+        if organization:
+            attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+        if subject_cn and len(subject_cn) <= 64:
+            attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, subject_cn))
+        names = [x509.UniformResourceIdentifier(spiffe_id)] + [x509.DNSName(name) for name in dns] + [
+            x509.IPAddress(ipaddress.ip_address(address)) for address in ips]
+        public_key = csr.public_key()
+        signer_ski = self._signer_ski()
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name(attributes))
+                   .issuer_name(self.cert.subject)
+                   .public_key(public_key)
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(seconds=BACKDATE_SECONDS))
+                   .not_valid_after(not_after)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.KeyUsage(
+                       digital_signature=True, content_commitment=False,
+                       key_encipherment=isinstance(public_key, rsa.RSAPublicKey), data_encipherment=False,
+                       key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False,
+                       decipher_only=False), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                         ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                   .add_extension(x509.SubjectAlternativeName(names), critical=not attributes)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier(signer_ski, None, None), critical=False))
+        cert = builder.sign(self.key, _hash_for(self.key))
+        chain = [cert] + self.chain_certs
+        info = Cert(cert.public_bytes(serialization.Encoding.DER)).info(now)
+        return {
+            'cert_chain': ''.join(_pem(item) for item in chain),
+            'root_cert': self.root_pem,
+            'serial': info['serial'],
+            'not_before': info['not_before'],
+            'not_after': info['not_after'],
+            'sans': info['sans'],
+            'spiffe_id': spiffe_id,
+            'warnings': warnings,
+        }
+
+    def _signer_ski(self) -> bytes:
+        try:
+            return self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        except x509.ExtensionNotFound:
+            return x509.SubjectKeyIdentifier.from_public_key(self.cert.public_key()).digest
+
+
+def ca_from_istio_cacerts(data: Dict[str, Any], source: str) -> CA:
+    """A CA from Istio's plug-in ``cacerts`` layout (values as text or bytes)."""
+    missing = [name for name in ('ca-cert.pem', 'ca-key.pem', 'root-cert.pem') if not data.get(name)]
+    if missing:
+        raise PKIError('%s lacks %s; Istio\'s cacerts layout has ca-cert.pem, ca-key.pem, root-cert.pem and '
+                       'cert-chain.pem' % (source, ', '.join(missing)))
+    return CA(data['ca-cert.pem'], data['ca-key.pem'], data.get('cert-chain.pem'), data['root-cert.pem'], source)
+
+
+def _write_private(path: str, data: bytes, mode: int = 0o600) -> None:
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix='.tmp-', dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _self_ca_cert(subject: Any, issuer: Any, public_key: Any, signing_key: Any, issuer_public_key: Any, years: int,
+                  path_length: int, now: datetime.datetime) -> Any:
+    return (x509.CertificateBuilder()
+            .subject_name(subject).issuer_name(issuer).public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(seconds=BACKDATE_SECONDS))
+            .not_valid_after(now + datetime.timedelta(days=365 * years))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public_key), critical=False)
+            .sign(signing_key, hashes.SHA256()))
+
+
+def new_lab_ca_files(organization: str = 'fleetmesh lab', now: Optional[datetime.datetime] = None) -> Dict[str, bytes]:
+    """A root (10 years) and an intermediate (5 years), both EC P-256, in Istio's cacerts layout + root-key.pem."""
+    require_cryptography()
+    now = now or utcnow()
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    root_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+                           x509.NameAttribute(NameOID.COMMON_NAME, '%s root CA' % organization)])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+                         x509.NameAttribute(NameOID.COMMON_NAME, '%s intermediate CA' % organization)])
+    root = _self_ca_cert(root_name, root_name, root_key.public_key(), root_key, root_key.public_key(), 10, 1, now)
+    ca = _self_ca_cert(ca_name, root_name, ca_key.public_key(), root_key, root_key.public_key(), 5, 0, now)
+
+    def key_pem(key: Any) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    root_pem = root.public_bytes(serialization.Encoding.PEM)
+    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
+    return {'ca-cert.pem': ca_pem, 'ca-key.pem': key_pem(ca_key), 'root-cert.pem': root_pem,
+            'cert-chain.pem': ca_pem + root_pem, 'root-key.pem': key_pem(root_key)}
+
+
+def lab_ca(directory: str, persist: bool = True, now: Optional[datetime.datetime] = None) -> Tuple[CA, bool]:
+    """(the lab CA kept in ``directory``, whether it was created now). Created when ca-cert.pem is absent.
+
+    The directory (0700) holds Istio's cacerts layout plus root-key.pem; keys are 0600. With
+    persist=False a missing CA is created in memory only (check mode).
+    """
+    require_cryptography()
+    directory = os.path.abspath(os.path.expanduser(directory))
+    marker = os.path.join(directory, 'ca-cert.pem')
+    created = False
+    if os.path.exists(marker):
+        data: Dict[str, Any] = {}
+        for name in ISTIO_CACERTS_KEYS:
+            data[name] = read_file(os.path.join(directory, name))
+    else:
+        data = new_lab_ca_files(now=now)
+        created = True
+        if persist:
+            if not os.path.isdir(directory):
+                os.makedirs(directory, 0o700)
+            os.chmod(directory, 0o700)
+            for name in ('root-key.pem', 'ca-key.pem', 'root-cert.pem', 'cert-chain.pem', 'ca-cert.pem'):
+                _write_private(os.path.join(directory, name), data[name],
+                               0o600 if name.endswith('key.pem') else 0o644)
+    return ca_from_istio_cacerts(data, 'lab CA %s' % directory), created
+
+
+def check_csr(csr_pem: Any, spiffe_id: str, allowed_dns: Sequence[str],
+              allowed_ips: Sequence[str]) -> Tuple[List[str], Dict[str, Any]]:
+    """(errors, requested SANs) of a CSR against the policy: a valid self-signature (proof of key
+    possession), a supported key, exactly one URI SAN equal to ``spiffe_id``, DNS and IP SANs only
+    from the allowed ones, no other SAN kinds."""
+    require_cryptography()
+    errors: List[str] = []
+    requested: Dict[str, Any] = {'uris': [], 'dns': [], 'ips': []}
+    if not isinstance(csr_pem, (str, bytes)) or 'CERTIFICATE REQUEST' not in (
+            csr_pem if isinstance(csr_pem, str) else csr_pem.decode('ascii', 'replace')):
+        return ['no PEM certificate request'], requested
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode('ascii') if isinstance(csr_pem, str) else csr_pem)
+    except ValueError as err:
+        return ['the CSR cannot be read: %s' % err], requested
+    if not csr.is_signature_valid:
+        errors.append('the CSR signature does not verify (no proof that the host holds the key)')
+    key = csr.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in ('secp256r1', 'secp384r1'):
+            errors.append('the CSR key curve %s is not allowed; allowed: P-256, P-384' % key.curve.name)
+    elif isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < 2048:
+            errors.append('the CSR RSA key has %d bits; allowed: 2048 or more' % key.key_size)
+    else:
+        errors.append('the CSR key type %s is not allowed; allowed: EC P-256/P-384, RSA' % type(key).__name__)
+    try:
+        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        errors.append('the CSR has no subjectAltName; allowed: exactly URI:%s' % spiffe_id)
+        return errors, requested
+    requested['uris'] = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    requested['dns'] = sans.get_values_for_type(x509.DNSName)
+    requested['ips'] = [str(address) for address in sans.get_values_for_type(x509.IPAddress)]
+    known = len(requested['uris']) + len(requested['dns']) + len(requested['ips'])
+    if known != len(list(sans)):
+        errors.append('the CSR asks for subjectAltName kinds other than URI, DNS and IP')
+    if requested['uris'] != [spiffe_id]:
+        errors.append('the CSR asks for URI SAN %s; allowed: exactly %s (computed from the inventory)' % (
+            ', '.join(requested['uris']) or 'none', spiffe_id))
+    allowed_dns_lower = [name.lower().rstrip('.') for name in allowed_dns]
+    bad_dns = [name for name in requested['dns'] if name.lower().rstrip('.') not in allowed_dns_lower]
+    if bad_dns:
+        errors.append('the CSR asks for DNS SAN %s outside the allowed pattern; allowed: %s' % (
+            ', '.join(bad_dns), ', '.join(allowed_dns) or 'none (no DNS name in the host\'s inventory)'))
+    allowed_ip_set = set(str(ipaddress.ip_address(address)) for address in allowed_ips)
+    bad_ips = [address for address in requested['ips'] if address not in allowed_ip_set]
+    if bad_ips:
+        errors.append('the CSR asks for IP SAN %s outside the allowed pattern; allowed: %s' % (
+            ', '.join(bad_ips), ', '.join(sorted(allowed_ip_set)) or 'none (no address in the host\'s inventory)'))
+    return errors, requested
+
+
+def verify_chain(chain_pem: Any, root_pem: Any, now: Optional[datetime.datetime] = None) -> List[str]:
+    """Errors of a cert-chain.pem against a root-cert.pem: each certificate signed by the next, the last by the
+    root, all valid now, every issuer a CA."""
+    require_cryptography()
+    now = now or utcnow()
+    chain = _load_x509_list(chain_pem, CERT_CHAIN_FILE)
+    root = _load_x509_list(root_pem, ROOT_CERT_FILE)[0]
+    errors = []
+    if not _directly_issued_by(root, root):
+        errors.append('the root %s is not self-signed' % _subject(root))
+    for child, parent in zip(chain, chain[1:] + [root]):  # noqa: B905 - Python 3.8 has no strict=
+        if not _directly_issued_by(child, parent):
+            errors.append('%s is not signed by %s' % (_subject(child), _subject(parent)))
+    for cert in chain + [root]:
+        if not _not_before(cert) <= now <= _not_after(cert):
+            errors.append('%s is not valid now (%s to %s)' % (_subject(cert), iso(_not_before(cert)),
+                                                              iso(_not_after(cert))))
+    for cert in chain[1:] + [root]:
+        try:
+            if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                errors.append('%s is not a CA' % _subject(cert))
+        except x509.ExtensionNotFound:
+            errors.append('%s is not a CA' % _subject(cert))
+    return errors
+
+
+def private_key_spki(key_pem: Any) -> bytes:
+    """SPKI DER of the public half of a PEM private key (the legacy path's check that key and cert match)."""
+    require_cryptography()
+    try:
+        key = serialization.load_pem_private_key(key_pem.encode('ascii') if isinstance(key_pem, str) else key_pem,
+                                                 password=None)
+    except (TypeError, ValueError) as err:
+        raise PKIError('not an unencrypted PEM private key (%s)' % type(err).__name__) from err
+    return _spki_der(key.public_key())

@@ -1,0 +1,826 @@
+# Copyright (c) fleetmesh maintainers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+# Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+# Do not use this from other collections or standalone plugins/modules!
+
+"""The registration model: inventory desired set -> Kubernetes objects. Pure functions, no I/O.
+
+``normalize(params)`` checks every input (all errors at once, before any API call) and returns a
+``Config``. ``plan(config, live)`` turns it, with the live objects this registration set owns, into
+a ``Plan``: the objects to apply and the owned objects to delete.
+
+Shapes (``Config.shapes``):
+
+* ``workloadentry``: an Istio WorkloadEntry per VM, a Service selecting them (by the ``app`` label),
+  and with ``workload_group`` a WorkloadGroup per service;
+* ``serviceentry``: an Istio ServiceEntry per service, MESH_INTERNAL, resolution STATIC, VMs as endpoints;
+* ``endpointslice``: a selector-less Service plus EndpointSlices (at most ``max_endpoints_per_slice``
+  endpoints each, one address family per slice), optionally legacy Endpoints;
+* ``httpproxy``: Contour HTTPProxies routing a host and path prefixes to VM and Kubernetes Services.
+
+Every object carries the ownership labels (``app.kubernetes.io/managed-by: fleetmesh.envoy`` and
+``fleetmesh.envoy/registration: <set>``); per-service and per-host objects also carry
+``fleetmesh.envoy/service``. Which host an entry belongs to is recorded in annotations
+(``fleetmesh.envoy/host`` on WorkloadEntries, ``fleetmesh.envoy/hosts`` = JSON host -> address on
+ServiceEntries, EndpointSlices and Endpoints), so that a partial run (``prune=false``, or
+``state=absent``) can replace or remove exactly the given hosts' entries and keep every other host's.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections import OrderedDict, namedtuple
+from collections.abc import Mapping
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import validation as v
+
+FIELD_MANAGER = 'fleetmesh.envoy'
+MANAGED_BY_LABEL = 'app.kubernetes.io/managed-by'
+MANAGED_BY = 'fleetmesh.envoy'
+SET_LABEL = 'fleetmesh.envoy/registration'
+SERVICE_LABEL = 'fleetmesh.envoy/service'
+HOST_ANNOTATION = 'fleetmesh.envoy/host'
+HOSTS_ANNOTATION = 'fleetmesh.envoy/hosts'
+SLICE_SERVICE_LABEL = 'kubernetes.io/service-name'
+SLICE_MANAGED_BY_LABEL = 'endpointslice.kubernetes.io/managed-by'
+SKIP_MIRROR_LABEL = 'endpointslice.kubernetes.io/skip-mirror'
+
+SHAPES = ('workloadentry', 'serviceentry', 'endpointslice', 'httpproxy')
+STATES = ('present', 'absent')
+SE_MAX_ENDPOINTS = 4096        # ServiceEntry.spec.endpoints maxItems in Istio's CRD
+SLICE_MAX_ENDPOINTS = 1000     # EndpointSlice.endpoints maxItems
+
+# kind -> (group, preferred versions, plural). Istio kinds use the version discovery finds.
+KINDS = OrderedDict([
+    ('Service', ('', ('v1',), 'services')),
+    ('Endpoints', ('', ('v1',), 'endpoints')),
+    ('EndpointSlice', ('discovery.k8s.io', ('v1',), 'endpointslices')),
+    ('WorkloadGroup', ('networking.istio.io', ('v1', 'v1beta1'), 'workloadgroups')),
+    ('WorkloadEntry', ('networking.istio.io', ('v1', 'v1beta1'), 'workloadentries')),
+    ('ServiceEntry', ('networking.istio.io', ('v1', 'v1beta1'), 'serviceentries')),
+    ('HTTPProxy', ('projectcontour.io', ('v1',), 'httpproxies')),
+])
+SHAPE_KINDS = {
+    'workloadentry': ('Service', 'WorkloadEntry'),
+    'serviceentry': ('ServiceEntry',),
+    'endpointslice': ('Service', 'EndpointSlice'),
+    'httpproxy': ('HTTPProxy',),
+}
+# Kinds built per service (deleted with the service's last host in a partial run).
+PER_SERVICE_KINDS = ('Service', 'WorkloadGroup', 'ServiceEntry', 'EndpointSlice', 'Endpoints')
+
+# Inventory model variable of each endpoint field, for messages.
+MODEL_VARS = {
+    'host': 'inventory_hostname',
+    'address': 'fleetmesh_address',
+    'service': 'fleetmesh_service',
+    'namespace': 'fleetmesh_namespace',
+    'ports': 'fleetmesh_ports',
+    'labels': 'fleetmesh_labels',
+    'weight': 'fleetmesh_weight',
+    'locality': 'fleetmesh_locality',
+    'network': 'fleetmesh_network',
+    'service_account': 'fleetmesh_service_account',
+    'healthy': 'mesh_registration_healthy',
+}
+ISTIO_PROTOCOLS = {
+    'http': 'HTTP', 'http2': 'HTTP2', 'https': 'HTTPS', 'grpc': 'GRPC', 'tcp': 'TCP', 'tls': 'TLS',
+    'mongo': 'MONGO', 'redis': 'REDIS', 'mysql': 'MYSQL',
+}
+
+Endpoint = namedtuple('Endpoint', ['host', 'address', 'family', 'service', 'namespace', 'ports', 'labels',
+                                   'weight', 'locality', 'network', 'service_account', 'healthy'])
+Config = namedtuple('Config', ['endpoints', 'state', 'prune', 'registration', 'shapes', 'workload_group',
+                               'max_endpoints_per_slice', 'legacy_endpoints', 'httpproxies', 'cluster_domain'])
+Plan = namedtuple('Plan', ['desired', 'delete', 'prune_all', 'mode'])
+
+
+def obj_key(obj: Mapping) -> Tuple[str, str, str]:
+    meta = obj.get('metadata') or {}
+    return obj.get('kind', ''), meta.get('namespace') or '', meta.get('name', '')
+
+
+def obj_ref(obj: Mapping) -> str:
+    kind, namespace, name = obj_key(obj)
+    return '%s %s/%s' % (kind, namespace, name) if namespace else '%s %s' % (kind, name)
+
+
+def required_kinds(shapes: Iterable[str], legacy_endpoints: bool = False, workload_group: bool = False) -> List[str]:
+    kinds = []
+    for shape in shapes:
+        for kind in SHAPE_KINDS.get(shape, ()):
+            if kind not in kinds:
+                kinds.append(kind)
+    if legacy_endpoints and 'endpointslice' in shapes:
+        kinds.append('Endpoints')
+    if workload_group and 'workloadentry' in shapes:
+        kinds.append('WorkloadGroup')
+    return kinds
+
+
+# --------------------------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------------------------
+
+def host_label(host: str) -> str:
+    """A DNS-1123 label for an inventory host name: itself when it is one, else sanitized + a hash."""
+    if len(host) <= 63 and re.match(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$', host):
+        return host
+    base = re.sub(r'[^a-z0-9-]+', '-', host.lower())
+    base = re.sub(r'-+', '-', base).strip('-')[:45].strip('-') or 'host'
+    return '%s-%s' % (base, hashlib.sha256(host.encode('utf-8')).hexdigest()[:8])
+
+
+def workload_entry_name(service: str, host: str) -> str:
+    return '%s-%s' % (service, host_label(host))
+
+
+def slice_name(service: str, family: str, index: int) -> str:
+    return '%s-%s-%d' % (service, family.lower(), index)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: every input, all errors at once
+# --------------------------------------------------------------------------------------------
+
+def _ep_var(index: int, host: Any, field: str) -> str:
+    who = ' of host %s' % host if isinstance(host, str) and host else ''
+    return 'endpoints[%d].%s (%s%s)' % (index, field, MODEL_VARS[field], who)
+
+
+def _as_int(value: Any) -> Optional[int]:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _normalize_endpoint(index: int, raw: Any, state: str, service_shapes: bool, errors: List[str]) -> Optional[Endpoint]:
+    if not isinstance(raw, Mapping):
+        errors.append(v._error('endpoints[%d]' % index, raw, 'is not a mapping', 'a mapping with host, address, service, ...'))
+        return None
+    host = raw.get('host')
+    start = len(errors)
+    for field in raw:
+        if field not in MODEL_VARS:
+            errors.append(v._error('endpoints[%d] (host %s)' % (index, host), field, 'is not a known field',
+                                   'one of ' + ', '.join(MODEL_VARS)))
+    if not isinstance(host, str) or not host.strip():
+        errors.append(v._error('endpoints[%d].host (inventory_hostname)' % index, host, 'is not a host name',
+                               'a non-empty string naming the inventory host'))
+    if state == 'absent':
+        # Removal needs the host only; anything else given is checked when present.
+        for field, check in (('service', v.check_dns_label), ('namespace', v.check_dns_label)):
+            if raw.get(field) is not None:
+                errors.extend(check(_ep_var(index, host, field), raw.get(field)))
+        if len(errors) > start:
+            return None
+        return Endpoint(host, None, None, raw.get('service'), raw.get('namespace'), OrderedDict(), {}, None, None,
+                        None, None, True)
+
+    def need(field: str, check) -> Any:
+        value = raw.get(field)
+        if value is None or value == '':
+            errors.append('%s: is not set; allowed: %s' % (_ep_var(index, host, field), _ALLOWED[field]))
+            return None
+        found = check(_ep_var(index, host, field), value)
+        errors.extend(found)
+        return None if found else value
+
+    def maybe(field: str, check) -> Any:
+        value = raw.get(field)
+        if value is None or value == '':
+            return None
+        found = check(_ep_var(index, host, field), value)
+        errors.extend(found)
+        return None if found else value
+
+    address = need('address', v.check_ip_address)
+    service = need('service', v.check_dns1035_label if service_shapes else v.check_dns_label)
+    namespace = need('namespace', v.check_dns_label)
+    ports = need('ports', v.check_istio_ports)
+    labels = maybe('labels', v.check_labels)
+    weight = maybe('weight', v.check_weight)
+    locality = maybe('locality', v.check_locality)
+    network = maybe('network', v.check_label_value)
+    service_account = maybe('service_account', v.check_dns_subdomain)
+    healthy = raw.get('healthy', True)
+    if healthy is None:
+        healthy = True
+    errors.extend(v.check_bool(_ep_var(index, host, 'healthy'), healthy))
+    if len(errors) > start:
+        return None
+    parsed = ipaddress.ip_address(address)
+    port_map = OrderedDict(sorted(((str(name), int(_as_int(port))) for name, port in ports.items()),
+                                  key=lambda item: (item[1], item[0])))
+    return Endpoint(host=host, address=str(parsed), family='IPv%d' % parsed.version, service=service,
+                    namespace=namespace, ports=port_map,
+                    labels=OrderedDict(sorted((str(k), str(val)) for k, val in (labels or {}).items())),
+                    weight=_as_int(weight) if weight is not None else None, locality=locality,
+                    network=network, service_account=service_account, healthy=healthy)
+
+
+_ALLOWED = {
+    'address': v.ALLOWED_IP + ' (set fleetmesh_address, or gather facts so that ansible_default_ipv4 is known)',
+    'service': v.ALLOWED_DNS_LABEL,
+    'namespace': v.ALLOWED_DNS_LABEL,
+    'ports': v.ALLOWED_ISTIO_PORTS,
+}
+
+
+def _check_services(endpoints: List[Endpoint], shapes: List[str], workload_group: bool,
+                    max_per_slice: int, errors: List[str]) -> None:
+    by_service = OrderedDict()  # type: Dict[Tuple[str, str], List[Endpoint]]
+    for ep in endpoints:
+        by_service.setdefault((ep.namespace, ep.service), []).append(ep)
+    for (namespace, service), eps in by_service.items():
+        what = 'service %s/%s' % (namespace, service)
+        errors.extend(v.check_unique_addresses('fleetmesh_address (hosts of %s)' % what,
+                                               OrderedDict((ep.host, ep.address) for ep in eps)))
+        port_sets = OrderedDict()  # type: Dict[str, List[str]]
+        for ep in eps:
+            port_sets.setdefault(json.dumps(ep.ports), []).append(ep.host)
+        if len(port_sets) > 1:
+            errors.append('fleetmesh_ports (hosts of %s): %s differ between hosts; allowed: the same ports for every '
+                          'host of a service' % (what, '; '.join('%s for %s' % (ports, ', '.join(hosts))
+                                                                 for ports, hosts in port_sets.items())))
+        if 'workloadentry' in shapes:
+            apps = OrderedDict()  # type: Dict[str, List[str]]
+            for ep in eps:
+                apps.setdefault(ep.labels.get('app', service), []).append(ep.host)
+            if len(apps) > 1:
+                errors.append("fleetmesh_labels.app (hosts of %s): %s differ between hosts; allowed: one 'app' label "
+                              "per service (the Service selects its WorkloadEntries by it)"
+                              % (what, '; '.join('%s for %s' % (v.show(app), ', '.join(hosts))
+                                                 for app, hosts in apps.items())))
+        if 'workloadentry' in shapes and workload_group:
+            accounts = OrderedDict()  # type: Dict[str, List[str]]
+            for ep in eps:
+                accounts.setdefault(ep.service_account or '', []).append(ep.host)
+            if len(accounts) > 1:
+                errors.append('fleetmesh_service_account (hosts of %s): %s differ between hosts; allowed: one service '
+                              'account per service when a WorkloadGroup is built'
+                              % (what, '; '.join('%s for %s' % (v.show(sa), ', '.join(hosts))
+                                                 for sa, hosts in accounts.items())))
+        if 'serviceentry' in shapes and len(eps) > SE_MAX_ENDPOINTS:
+            errors.append('fleetmesh_service (%s): %d hosts; allowed: at most %d endpoints in one ServiceEntry '
+                          '(use the endpointslice shape for larger services)' % (what, len(eps), SE_MAX_ENDPOINTS))
+
+
+def _check_httpproxies(raw_list: Any, service_ports: Dict[Tuple[str, str], 'OrderedDict[str, int]'],
+                       shapes: List[str], errors: List[str]) -> List[Dict[str, Any]]:
+    if raw_list is None:
+        raw_list = []
+    if not isinstance(raw_list, list):
+        errors.append(v._error('httpproxies', raw_list, 'is not a list', 'a list of HTTPProxy definitions'))
+        return []
+    proxies = []
+    has_service_objects = 'endpointslice' in shapes or 'workloadentry' in shapes
+    seen = set()  # type: Set[Tuple[str, str]]
+    for i, raw in enumerate(raw_list):
+        var = 'httpproxies[%d]' % i
+        if not isinstance(raw, Mapping):
+            errors.append(v._error(var, raw, 'is not a mapping', 'a mapping with name, namespace, fqdn and routes'))
+            continue
+        start = len(errors)
+        name, namespace, fqdn = raw.get('name'), raw.get('namespace'), raw.get('fqdn')
+        errors.extend(v.check_dns_subdomain(var + '.name', name))
+        errors.extend(v.check_dns_label(var + '.namespace', namespace))
+        errors.extend(v.check_dns_subdomain(var + '.fqdn', fqdn))
+        for opt in ('ingress_class_name', 'tls_secret_name'):
+            if raw.get(opt) is not None:
+                errors.extend(v.check_dns_subdomain('%s.%s' % (var, opt), raw.get(opt)))
+        if (namespace, name) in seen:
+            errors.append(v._error(var + '.name', name, 'is defined twice in namespace %s' % namespace,
+                                   'one HTTPProxy definition per name and namespace'))
+        seen.add((namespace, name))
+        routes = raw.get('routes')
+        if not isinstance(routes, list) or not routes:
+            errors.append(v._error(var + '.routes', routes, 'is not a non-empty list', 'a list of routes'))
+            continue
+        out_routes = []
+        for j, route in enumerate(routes):
+            rvar = '%s.routes[%d]' % (var, j)
+            if not isinstance(route, Mapping):
+                errors.append(v._error(rvar, route, 'is not a mapping', 'a mapping with prefix and services'))
+                continue
+            prefix = route.get('prefix') or '/'
+            if not isinstance(prefix, str) or not prefix.startswith('/') or ' ' in prefix:
+                errors.append(v._error(rvar + '.prefix', prefix, 'is not a path prefix', "a path starting with '/'"))
+            services = route.get('services')
+            if not isinstance(services, list) or not services:
+                errors.append(v._error(rvar + '.services', services, 'is not a non-empty list',
+                                       'a list of services (name, port, weight)'))
+                continue
+            out_services = []
+            for k, svc in enumerate(services):
+                svar = '%s.services[%d]' % (rvar, k)
+                if not isinstance(svc, Mapping):
+                    errors.append(v._error(svar, svc, 'is not a mapping', 'a mapping with name, port and weight'))
+                    continue
+                sname = svc.get('name')
+                name_errors = v.check_dns1035_label(svar + '.name', sname)
+                errors.extend(name_errors)
+                port = svc.get('port')
+                vm_ports = service_ports.get((namespace, sname)) if not name_errors else None
+                if vm_ports is not None and not has_service_objects:
+                    errors.append(v._error(svar + '.name', sname, 'is a VM service, but no Kubernetes Service is built '
+                                           'for it', "shapes including 'endpointslice' or 'workloadentry'"))
+                if port is None or port == '':
+                    if vm_ports is not None and len(vm_ports) == 1:
+                        port = list(vm_ports.values())[0]
+                    else:
+                        errors.append('%s.port: is not set; allowed: %s (may be left out only for a VM service with '
+                                      'one port)' % (svar, v.ALLOWED_PORT))
+                        continue
+                port_errors = v.check_port(svar + '.port', port)
+                errors.extend(port_errors)
+                if not port_errors and vm_ports is not None and _as_int(port) not in vm_ports.values():
+                    errors.append(v._error(svar + '.port', port, 'is not a port of VM service %s/%s' % (namespace, sname),
+                                           'one of ' + ', '.join(str(p) for p in vm_ports.values())))
+                weight = svc.get('weight')
+                if weight is not None:
+                    number = _as_int(weight)
+                    if number is None or number < 0 or number > 4294967295:
+                        errors.append(v._error(svar + '.weight', weight, 'is not a valid route weight',
+                                               'integer 0-4294967295'))
+                entry = OrderedDict([('name', sname), ('port', _as_int(port))])
+                if weight is not None and _as_int(weight) is not None:
+                    entry['weight'] = _as_int(weight)
+                out_services.append(entry)
+            out_routes.append(OrderedDict([('prefix', prefix), ('services', out_services)]))
+        if len(errors) == start:
+            proxies.append(OrderedDict([('name', name), ('namespace', namespace), ('fqdn', fqdn),
+                                        ('ingress_class_name', raw.get('ingress_class_name')),
+                                        ('tls_secret_name', raw.get('tls_secret_name')),
+                                        ('routes', out_routes)]))
+    return proxies
+
+
+def normalize(params: Mapping) -> Tuple[Optional[Config], List[str]]:
+    """Check every input of the module and return (Config, []) or (None, errors)."""
+    errors = []  # type: List[str]
+    state = params.get('state') or 'present'
+    errors.extend(v.check_choice('state', state, STATES))
+    shapes = params.get('shapes')
+    if shapes is None:
+        shapes = ['workloadentry']
+    if not isinstance(shapes, list) or not shapes:
+        errors.append(v._error('shapes', shapes, 'is not a non-empty list', 'a list of ' + ', '.join(SHAPES)))
+        shapes = []
+    for i, shape in enumerate(shapes):
+        errors.extend(v.check_choice('shapes[%d]' % i, shape, SHAPES))
+    shapes = [s for s in SHAPES if s in shapes]
+    if 'workloadentry' in shapes and 'endpointslice' in shapes:
+        errors.append("shapes: %s combines 'workloadentry' and 'endpointslice', which would both own the Service of "
+                      "each VM service (one with a selector, one without); allowed: one of them" % v.show(shapes))
+    registration = params.get('registration') or 'default'
+    errors.extend(v.check_dns_label('registration (the registration set, mesh_registration_set)', registration))
+    cluster_domain = params.get('cluster_domain') or 'cluster.local'
+    errors.extend(v.check_dns_subdomain('cluster_domain', cluster_domain))
+    max_per_slice = params.get('max_endpoints_per_slice')
+    if max_per_slice is None:
+        max_per_slice = 100
+    number = _as_int(max_per_slice)
+    if number is None or not 1 <= number <= SLICE_MAX_ENDPOINTS:
+        errors.append(v._error('max_endpoints_per_slice', max_per_slice, 'is not allowed',
+                               'integer 1-%d' % SLICE_MAX_ENDPOINTS))
+    else:
+        max_per_slice = number
+    raw_endpoints = params.get('endpoints')
+    if params.get('endpoints_json') is not None:
+        if raw_endpoints:
+            errors.append('endpoints_json: given together with endpoints; allowed: one of them')
+        try:
+            raw_endpoints = json.loads(params['endpoints_json'])
+        except ValueError as exc:
+            errors.append('endpoints_json: is not valid JSON (%s); allowed: a JSON list of endpoint mappings' % exc)
+            raw_endpoints = []
+    if raw_endpoints is None:
+        raw_endpoints = []
+    if not isinstance(raw_endpoints, list):
+        errors.append(v._error('endpoints', raw_endpoints, 'is not a list', 'a list of endpoint mappings'))
+        raw_endpoints = []
+    service_shapes = 'workloadentry' in shapes or 'endpointslice' in shapes
+    endpoints = []
+    hosts = OrderedDict()  # type: Dict[str, int]
+    for index, raw in enumerate(raw_endpoints):
+        ep = _normalize_endpoint(index, raw, state, service_shapes, errors)
+        if ep is None:
+            continue
+        if ep.host in hosts:
+            errors.append(v._error('endpoints[%d].host (inventory_hostname)' % index, ep.host,
+                                   'is listed twice (also endpoints[%d])' % hosts[ep.host], 'each host once'))
+            continue
+        hosts[ep.host] = index
+        endpoints.append(ep)
+    workload_group = bool(params.get('workload_group'))
+    if state == 'present':
+        _check_services(endpoints, shapes, workload_group, max_per_slice, errors)
+    service_ports = OrderedDict(((ep.namespace, ep.service), ep.ports) for ep in endpoints)
+    httpproxies = _check_httpproxies(params.get('httpproxies'), service_ports, shapes, errors)
+    if 'httpproxy' in shapes and not params.get('httpproxies') and state == 'present':
+        errors.append("httpproxies: is not set; allowed: a list of HTTPProxy definitions (the 'httpproxy' shape "
+                      "needs at least one)")
+    if params.get('httpproxies') and 'httpproxy' not in shapes:
+        errors.append("httpproxies: %d definition(s) given but 'httpproxy' is not in shapes %s; allowed: add "
+                      "'httpproxy' to shapes" % (len(params.get('httpproxies')), v.show(shapes)))
+    if errors:
+        return None, errors
+    return Config(endpoints=endpoints, state=state, prune=bool(params.get('prune', True)), registration=registration,
+                  shapes=shapes, workload_group=workload_group, max_endpoints_per_slice=max_per_slice,
+                  legacy_endpoints=bool(params.get('legacy_endpoints')), httpproxies=httpproxies,
+                  cluster_domain=cluster_domain), []
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+def _hosts_json(hosts: Mapping) -> str:
+    return json.dumps(OrderedDict(sorted(hosts.items())), separators=(',', ':'))
+
+
+def _meta(cfg: Config, name: str, namespace: str, service: Optional[str] = None, labels: Optional[Mapping] = None,
+          annotations: Optional[Mapping] = None) -> Dict[str, Any]:
+    all_labels = OrderedDict([(MANAGED_BY_LABEL, MANAGED_BY), (SET_LABEL, cfg.registration)])
+    if service:
+        all_labels[SERVICE_LABEL] = service
+    all_labels.update(labels or {})
+    meta = OrderedDict([('name', name), ('namespace', namespace), ('labels', all_labels)])
+    if annotations:
+        meta['annotations'] = OrderedDict(annotations)
+    return meta
+
+
+def _obj(api_versions: Mapping, kind: str, meta: Mapping, **fields: Any) -> Dict[str, Any]:
+    obj = OrderedDict([('apiVersion', api_versions[kind]), ('kind', kind), ('metadata', meta)])
+    obj.update(fields)
+    return obj
+
+
+def effective_labels(ep: Endpoint) -> 'OrderedDict[str, str]':
+    labels = OrderedDict([('app', ep.service)])
+    labels.update(ep.labels)
+    return OrderedDict(sorted(labels.items()))
+
+
+def _workload_spec(ep: Endpoint, with_address: bool = True) -> Dict[str, Any]:
+    spec = OrderedDict()  # type: Dict[str, Any]
+    if with_address:
+        spec['address'] = ep.address
+    spec['ports'] = OrderedDict(ep.ports)
+    spec['labels'] = effective_labels(ep)
+    if ep.network:
+        spec['network'] = ep.network
+    if ep.locality:
+        spec['locality'] = ep.locality
+    if ep.weight is not None:
+        spec['weight'] = ep.weight
+    if ep.service_account:
+        spec['serviceAccount'] = ep.service_account
+    return spec
+
+
+def render_workload_entry(cfg: Config, api: Mapping, ep: Endpoint) -> Dict[str, Any]:
+    meta = _meta(cfg, workload_entry_name(ep.service, ep.host), ep.namespace, ep.service,
+                 annotations={HOST_ANNOTATION: ep.host})
+    return _obj(api, 'WorkloadEntry', meta, spec=_workload_spec(ep))
+
+
+def render_workload_group(cfg: Config, api: Mapping, eps: List[Endpoint]) -> Dict[str, Any]:
+    first = eps[0]
+    template = _workload_spec(first, with_address=False)
+    # Per-host details (locality, weight) stay on the WorkloadEntries; the template keeps what is shared.
+    template.pop('locality', None)
+    template.pop('weight', None)
+    template['labels'] = OrderedDict([('app', effective_labels(first)['app'])])
+    spec = OrderedDict([('metadata', OrderedDict([('labels', OrderedDict(template['labels']))])),
+                        ('template', template)])
+    return _obj(api, 'WorkloadGroup', _meta(cfg, first.service, first.namespace, first.service), spec=spec)
+
+
+def _service_ports(ports: Mapping) -> List[Dict[str, Any]]:
+    return [OrderedDict([('name', name), ('protocol', 'TCP'), ('port', port), ('targetPort', port)])
+            for name, port in ports.items()]
+
+
+def render_service(cfg: Config, api: Mapping, eps: List[Endpoint], selector: bool) -> Dict[str, Any]:
+    first = eps[0]
+    spec = OrderedDict([('ports', _service_ports(first.ports))])  # type: Dict[str, Any]
+    if selector:
+        spec['selector'] = OrderedDict([('app', effective_labels(first)['app'])])
+    return _obj(api, 'Service', _meta(cfg, first.service, first.namespace, first.service), spec=spec)
+
+
+def se_entry(ep: Endpoint) -> Dict[str, Any]:
+    return _workload_spec(ep)
+
+
+def render_service_entry(cfg: Config, api: Mapping, namespace: str, service: str, base: Mapping,
+                         entries: List[Mapping], hosts: Mapping) -> Dict[str, Any]:
+    spec = OrderedDict([('hosts', list(base['hosts'])), ('location', 'MESH_INTERNAL'), ('resolution', 'STATIC'),
+                        ('ports', [dict(p) for p in base['ports']])])
+    if entries:
+        spec['endpoints'] = sorted((dict(e) for e in entries), key=_address_sort_key)
+    meta = _meta(cfg, service, namespace, service, annotations={HOSTS_ANNOTATION: _hosts_json(hosts)})
+    return _obj(api, 'ServiceEntry', meta, spec=spec)
+
+
+def se_base(cfg: Config, ep: Endpoint) -> Dict[str, Any]:
+    return {
+        'hosts': ['%s.%s.svc.%s' % (ep.service, ep.namespace, cfg.cluster_domain)],
+        'ports': [OrderedDict([('number', port), ('protocol', ISTIO_PROTOCOLS[name.split('-', 1)[0]]), ('name', name)])
+                  for name, port in ep.ports.items()],
+    }
+
+
+def slice_entry(ep: Endpoint) -> Dict[str, Any]:
+    entry = OrderedDict([('addresses', [ep.address]),
+                         ('conditions', OrderedDict([('ready', ep.healthy), ('serving', ep.healthy),
+                                                     ('terminating', False)])),
+                         ('hostname', host_label(ep.host))])  # type: Dict[str, Any]
+    if ep.locality and '/' in ep.locality:
+        entry['zone'] = ep.locality.split('/')[1]
+    return entry
+
+
+def _address_sort_key(entry: Mapping) -> Tuple[int, Any]:
+    address = entry.get('address') or (entry.get('addresses') or [''])[0]
+    try:
+        parsed = ipaddress.ip_address(address)
+        return parsed.version, parsed.packed
+    except ValueError:
+        return 9, address.encode('utf-8')
+
+
+def _slice_family(entry: Mapping) -> str:
+    try:
+        return 'IPv%d' % ipaddress.ip_address(entry['addresses'][0]).version
+    except (ValueError, KeyError, IndexError, TypeError):
+        return 'IPv4'
+
+
+def render_slices(cfg: Config, api: Mapping, namespace: str, service: str, ports: List[Mapping],
+                  entries: List[Tuple[str, Mapping]]) -> List[Dict[str, Any]]:
+    """EndpointSlices of one service: entries are (host, endpoint) pairs, split per family and size."""
+    out = []
+    by_family = OrderedDict()  # type: Dict[str, List[Tuple[str, Mapping]]]
+    for host, entry in sorted(entries, key=lambda item: _address_sort_key(item[1])):
+        by_family.setdefault(_slice_family(entry), []).append((host, entry))
+    for family, items in by_family.items():
+        for index in range(0, len(items), cfg.max_endpoints_per_slice):
+            chunk = items[index:index + cfg.max_endpoints_per_slice]
+            hosts = OrderedDict((host, entry['addresses'][0]) for host, entry in chunk if host)
+            labels = OrderedDict([(SLICE_SERVICE_LABEL, service), (SLICE_MANAGED_BY_LABEL, MANAGED_BY)])
+            meta = _meta(cfg, slice_name(service, family, index // cfg.max_endpoints_per_slice), namespace, service,
+                         labels=labels, annotations={HOSTS_ANNOTATION: _hosts_json(hosts)})
+            out.append(_obj(api, 'EndpointSlice', meta, addressType=family,
+                            endpoints=[dict(entry) for _host, entry in chunk],
+                            ports=[dict(p) for p in ports]))
+    return out
+
+
+def slice_ports(ports: Mapping) -> List[Dict[str, Any]]:
+    return [OrderedDict([('name', name), ('port', port), ('protocol', 'TCP')]) for name, port in ports.items()]
+
+
+def render_endpoints(cfg: Config, api: Mapping, namespace: str, service: str, ports: List[Mapping],
+                     entries: List[Tuple[str, Mapping]]) -> Dict[str, Any]:
+    """Legacy v1 Endpoints mirroring the slices (skip-mirror keeps the mirroring controller off it)."""
+    ready, not_ready, hosts = [], [], OrderedDict()
+    for host, entry in sorted(entries, key=lambda item: _address_sort_key(item[1])):
+        address = OrderedDict([('ip', entry['addresses'][0])])
+        if entry.get('hostname'):
+            address['hostname'] = entry['hostname']
+        (ready if (entry.get('conditions') or {}).get('ready', True) else not_ready).append(address)
+        if host:
+            hosts[host] = entry['addresses'][0]
+    subset = OrderedDict()  # type: Dict[str, Any]
+    if ready:
+        subset['addresses'] = ready
+    if not_ready:
+        subset['notReadyAddresses'] = not_ready
+    subset['ports'] = [OrderedDict([('name', p['name']), ('port', p['port']), ('protocol', p.get('protocol', 'TCP'))])
+                       for p in ports]
+    meta = _meta(cfg, service, namespace, service, labels={SKIP_MIRROR_LABEL: 'true'},
+                 annotations={HOSTS_ANNOTATION: _hosts_json(hosts)})
+    fields = {'subsets': [subset]} if ready or not_ready else {}
+    return _obj(api, 'Endpoints', meta, **fields)
+
+
+def render_httpproxy(cfg: Config, api: Mapping, proxy: Mapping) -> Dict[str, Any]:
+    virtualhost = OrderedDict([('fqdn', proxy['fqdn'])])  # type: Dict[str, Any]
+    if proxy.get('tls_secret_name'):
+        virtualhost['tls'] = OrderedDict([('secretName', proxy['tls_secret_name'])])
+    spec = OrderedDict([('virtualhost', virtualhost)])  # type: Dict[str, Any]
+    if proxy.get('ingress_class_name'):
+        spec['ingressClassName'] = proxy['ingress_class_name']
+    spec['routes'] = [OrderedDict([('conditions', [OrderedDict([('prefix', route['prefix'])])]),
+                                   ('services', [OrderedDict(s) for s in route['services']])])
+                      for route in proxy['routes']]
+    return _obj(api, 'HTTPProxy', _meta(cfg, proxy['name'], proxy['namespace']), spec=spec)
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------
+
+def _by_service(endpoints: Iterable[Endpoint]) -> 'OrderedDict[Tuple[str, str], List[Endpoint]]':
+    out = OrderedDict()  # type: OrderedDict[Tuple[str, str], List[Endpoint]]
+    for ep in sorted(endpoints, key=lambda e: (e.namespace, e.service, e.host)):
+        out.setdefault((ep.namespace, ep.service), []).append(ep)
+    return out
+
+
+def _render_service_objects(cfg: Config, api: Mapping, eps: List[Endpoint]) -> List[Dict[str, Any]]:
+    """Everything one service's desired endpoints give, in every configured shape."""
+    objs = []
+    first = eps[0]
+    healthy = [ep for ep in eps if ep.healthy]
+    if 'workloadentry' in cfg.shapes:
+        objs.append(render_service(cfg, api, eps, selector=True))
+        if cfg.workload_group:
+            objs.append(render_workload_group(cfg, api, eps))
+        objs.extend(render_workload_entry(cfg, api, ep) for ep in healthy)
+    if 'serviceentry' in cfg.shapes:
+        objs.append(render_service_entry(cfg, api, first.namespace, first.service, se_base(cfg, first),
+                                         [se_entry(ep) for ep in healthy],
+                                         OrderedDict((ep.host, ep.address) for ep in healthy)))
+    if 'endpointslice' in cfg.shapes:
+        objs.append(render_service(cfg, api, eps, selector=False))
+        entries = [(ep.host, slice_entry(ep)) for ep in eps]
+        ports = slice_ports(first.ports)
+        objs.extend(render_slices(cfg, api, first.namespace, first.service, ports, entries))
+        if cfg.legacy_endpoints:
+            objs.append(render_endpoints(cfg, api, first.namespace, first.service, ports, entries))
+    return objs
+
+
+def build_full(cfg: Config, api: Mapping) -> List[Dict[str, Any]]:
+    """The whole desired state of the registration set (a complete run)."""
+    objs = []
+    for eps in _by_service(cfg.endpoints).values():
+        objs.extend(_render_service_objects(cfg, api, eps))
+    if 'httpproxy' in cfg.shapes:
+        objs.extend(render_httpproxy(cfg, api, proxy) for proxy in cfg.httpproxies)
+    return objs
+
+
+def owned(obj: Mapping, registration: str) -> bool:
+    labels = (obj.get('metadata') or {}).get('labels') or {}
+    return labels.get(MANAGED_BY_LABEL) == MANAGED_BY and labels.get(SET_LABEL) == registration
+
+
+def hosts_of(obj: Mapping) -> 'OrderedDict[str, str]':
+    """host -> address recorded on an object (empty when the annotation is missing or broken)."""
+    annotations = (obj.get('metadata') or {}).get('annotations') or {}
+    if obj.get('kind') == 'WorkloadEntry':
+        host = annotations.get(HOST_ANNOTATION)
+        return OrderedDict([(host, (obj.get('spec') or {}).get('address'))]) if host else OrderedDict()
+    try:
+        hosts = json.loads(annotations.get(HOSTS_ANNOTATION) or '{}')
+    except ValueError:
+        return OrderedDict()
+    return OrderedDict((str(h), str(a)) for h, a in hosts.items()) if isinstance(hosts, Mapping) else OrderedDict()
+
+
+def _service_of(obj: Mapping) -> Optional[str]:
+    return ((obj.get('metadata') or {}).get('labels') or {}).get(SERVICE_LABEL)
+
+
+def build_partial(cfg: Config, api: Mapping, live: Iterable[Mapping]) -> Tuple[List[Dict[str, Any]], List[Mapping]]:
+    """Upsert (state=present, prune=false) or remove (state=absent) exactly the given hosts.
+
+    Every other host's entries in the live objects are kept as they are. A service whose last host
+    goes is deleted with all its objects. Returns (objects to apply, live objects to delete).
+    """
+    touched = set(ep.host for ep in cfg.endpoints)
+    desired_eps = _by_service(cfg.endpoints) if cfg.state == 'present' else OrderedDict()
+    live_by_service = OrderedDict()  # type: OrderedDict[Tuple[str, str], List[Mapping]]
+    for obj in live:
+        service = _service_of(obj)
+        if service and obj.get('kind') in PER_SERVICE_KINDS + ('WorkloadEntry',):
+            live_by_service.setdefault((obj_key(obj)[1], service), []).append(obj)
+    affected = list(desired_eps)
+    for key, objs in live_by_service.items():
+        if key not in desired_eps and any(touched.intersection(hosts_of(o)) for o in objs):
+            affected.append(key)
+
+    apply, delete = [], []
+    for key in affected:
+        namespace, service = key
+        eps = desired_eps.get(key, [])
+        objs = live_by_service.get(key, [])
+        by_kind = OrderedDict()  # type: Dict[str, List[Mapping]]
+        for obj in objs:
+            by_kind.setdefault(obj['kind'], []).append(obj)
+        remaining = set(ep.host for ep in eps)
+        for obj in objs:
+            remaining.update(h for h in hosts_of(obj) if h not in touched)
+        if not remaining:
+            delete.extend(objs)
+            continue
+        rendered = _render_service_objects(cfg, api, eps) if eps else []
+        rendered_keys = set(obj_key(o) for o in rendered)
+        # Aggregates are rebuilt from the kept entries of other hosts plus the given hosts' entries.
+        rendered = [o for o in rendered if o['kind'] not in ('ServiceEntry', 'EndpointSlice', 'Endpoints')]
+        if 'ServiceEntry' in by_kind or (eps and 'serviceentry' in cfg.shapes):
+            kept, hosts = _kept_se_entries(by_kind.get('ServiceEntry', []), touched)
+            healthy = [ep for ep in eps if ep.healthy] if 'serviceentry' in cfg.shapes else []
+            base = se_base(cfg, eps[0]) if eps and 'serviceentry' in cfg.shapes else \
+                _live_se_base(by_kind['ServiceEntry'][0])
+            hosts.update((ep.host, ep.address) for ep in healthy)
+            rendered.append(render_service_entry(cfg, api, namespace, service, base,
+                                                 kept + [se_entry(ep) for ep in healthy], hosts))
+        if 'EndpointSlice' in by_kind or 'Endpoints' in by_kind or (eps and 'endpointslice' in cfg.shapes):
+            kept_entries = _kept_slice_entries(by_kind.get('EndpointSlice', []), touched)
+            new = [(ep.host, slice_entry(ep)) for ep in eps] if 'endpointslice' in cfg.shapes else []
+            if eps and 'endpointslice' in cfg.shapes:
+                ports = slice_ports(eps[0].ports)
+            else:
+                source = (by_kind.get('EndpointSlice') or [{}])[0]
+                ports = [dict(p) for p in source.get('ports') or []]
+            entries = kept_entries + new
+            if 'EndpointSlice' in by_kind or (eps and 'endpointslice' in cfg.shapes):
+                rendered.extend(render_slices(cfg, api, namespace, service, ports, entries))
+            if 'Endpoints' in by_kind or (eps and 'endpointslice' in cfg.shapes and cfg.legacy_endpoints):
+                rendered.append(render_endpoints(cfg, api, namespace, service, ports, entries))
+        apply.extend(rendered)
+        new_keys = set(obj_key(o) for o in rendered) | rendered_keys
+        for obj in objs:
+            if obj_key(obj) in new_keys:
+                continue
+            # Gone: slices no longer needed, and the given hosts' WorkloadEntries under an old name.
+            if obj['kind'] == 'EndpointSlice' or (obj['kind'] == 'WorkloadEntry' and touched.intersection(hosts_of(obj))):
+                delete.append(obj)
+    if cfg.state == 'present' and 'httpproxy' in cfg.shapes:
+        apply.extend(render_httpproxy(cfg, api, proxy) for proxy in cfg.httpproxies)
+    return apply, delete
+
+
+def _kept_se_entries(objs: List[Mapping], touched: Set[str]) -> Tuple[List[Dict[str, Any]], 'OrderedDict[str, str]']:
+    kept, hosts = [], OrderedDict()
+    for obj in objs:
+        recorded = hosts_of(obj)
+        by_address = dict((a, h) for h, a in recorded.items())
+        for entry in (obj.get('spec') or {}).get('endpoints') or []:
+            host = by_address.get(entry.get('address'))
+            if host in touched:
+                continue
+            kept.append(dict(entry))
+            if host:
+                hosts[host] = entry.get('address')
+    return kept, hosts
+
+
+def _live_se_base(obj: Mapping) -> Dict[str, Any]:
+    spec = obj.get('spec') or {}
+    return {'hosts': list(spec.get('hosts') or []), 'ports': [dict(p) for p in spec.get('ports') or []]}
+
+
+def _kept_slice_entries(objs: List[Mapping], touched: Set[str]) -> List[Tuple[str, Dict[str, Any]]]:
+    kept = []
+    for obj in objs:
+        by_address = dict((a, h) for h, a in hosts_of(obj).items())
+        for entry in obj.get('endpoints') or []:
+            host = by_address.get((entry.get('addresses') or [''])[0], '')
+            if host in touched:
+                continue
+            kept.append((host, dict(entry)))
+    return kept
+
+
+def plan(cfg: Config, api: Mapping, live: List[Mapping]) -> Plan:
+    """What to apply and what to delete, given the live objects of this registration set."""
+    owned_live = [o for o in live if owned(o, cfg.registration)]
+    if cfg.state == 'present' and cfg.prune:
+        return Plan(desired=build_full(cfg, api), delete=[], prune_all=True, mode='full')
+    desired, delete = build_partial(cfg, api, owned_live)
+    return Plan(desired=desired, delete=delete, prune_all=False,
+                mode='absent' if cfg.state == 'absent' else 'merge')
+
+
+def duplicate_names(objs: Iterable[Mapping]) -> List[str]:
+    """Two desired objects with one kind, namespace and name (e.g. WorkloadEntry names of two hosts)."""
+    seen = OrderedDict()  # type: Dict[Tuple[str, str, str], Mapping]
+    errors = []
+    for obj in objs:
+        key = obj_key(obj)
+        if key in seen:
+            first, second = hosts_of(seen[key]), hosts_of(obj)
+            errors.append('%s: built twice (hosts %s and %s); allowed: host and service names that give distinct '
+                          'object names' % (obj_ref(obj), ', '.join(first) or '-', ', '.join(second) or '-'))
+        seen[key] = obj
+    return errors

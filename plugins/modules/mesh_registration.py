@@ -1,0 +1,484 @@
+# Copyright (c) fleetmesh maintainers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: mesh_registration
+short_description: Register VM endpoints in Kubernetes (Istio, EndpointSlices, Contour) in one reconcile
+version_added: 0.1.0
+description:
+  - Takes the whole desired set of VM endpoints of a registration set (normally every host of an inventory group,
+    built by the role C(fleetmesh.envoy.mesh_registration) from the C(fleetmesh_*) variables) and reconciles it into
+    Kubernetes objects by server-side apply with the field manager C(fleetmesh.envoy).
+  - Runs on the controller once per play (C(run_once) and C(delegate_to=localhost)); one client, one API discovery
+    of only the kinds needed, requests in parallel.
+  - Every object it writes carries the labels C(app.kubernetes.io/managed-by=fleetmesh.envoy) and
+    C(fleetmesh.envoy/registration=<registration>). Objects without them are never changed or deleted; objects of
+    another registration set neither.
+  - Unchanged objects are recognised from their managed fields without a request, so a re-run that changes
+    nothing costs one list request per kind.
+  - All input is checked before the first API request. Changes are checked with SelfSubjectAccessReviews for
+    exactly the verbs they need, then tried with C(dryRun=All) (every update and delete, and one create per kind
+    and namespace); when anything would fail, nothing is written.
+author:
+  - fleetmesh maintainers (@fleetmesh)
+options:
+  endpoints:
+    description:
+      - The desired endpoints, one per VM. Every field maps to an inventory model variable, named in messages.
+      - With O(state=absent) only O(endpoints[].host) is needed.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      host:
+        description:
+          - Inventory name of the VM (C(inventory_hostname)). Identifies the VM's entries across runs.
+        type: str
+        required: true
+      address:
+        description:
+          - IPv4 or IPv6 address of the VM (C(fleetmesh_address)). Unique within a service.
+        type: str
+      service:
+        description:
+          - Service the VM serves (C(fleetmesh_service)), a DNS-1123 label; a DNS-1035 label (starting with a
+            letter) when a Kubernetes Service is built for it.
+        type: str
+      namespace:
+        description:
+          - Namespace of the service (C(fleetmesh_namespace)). It must exist.
+        type: str
+      ports:
+        description:
+          - Port name to port (C(fleetmesh_ports)), names with Istio protocol prefixes such as V(http) or V(grpc-api).
+          - The same for every VM of a service.
+        type: dict
+      labels:
+        description:
+          - Workload labels (C(fleetmesh_labels)). C(app) defaults to the service name; the Service selects
+            WorkloadEntries by C(app).
+        type: dict
+      weight:
+        description:
+          - Load balancing weight of the VM (C(fleetmesh_weight)) in WorkloadEntries and ServiceEntries.
+        type: int
+      locality:
+        description:
+          - C(region/zone/subzone) of the VM (C(fleetmesh_locality)). EndpointSlices get the zone part.
+        type: str
+      network:
+        description:
+          - Network of the VM (C(fleetmesh_network)).
+        type: str
+      service_account:
+        description:
+          - Kubernetes service account the VM's workload runs as (C(fleetmesh_service_account)).
+        type: str
+      healthy:
+        description:
+          - Whether the VM should receive traffic (C(mesh_registration_healthy)).
+          - V(false) keeps the VM in EndpointSlices with C(conditions.ready=false) (and in legacy Endpoints as
+            not ready); WorkloadEntry and ServiceEntry shapes leave the VM out, since Istio reads no readiness
+            from them without health checks.
+        type: bool
+        default: true
+  endpoints_json:
+    description:
+      - O(endpoints) as JSON text, a list of the same mappings, for large fleets. Ansible templates one string far
+        faster than thousands of dictionaries (the role passes its desired set this way). Checked exactly like
+        O(endpoints), whose fields it takes; mutually exclusive with it.
+    type: str
+  state:
+    description:
+      - V(present) registers O(endpoints). V(absent) removes exactly the entries of the hosts in O(endpoints)
+        (their WorkloadEntries, their endpoints in ServiceEntries, EndpointSlices and Endpoints) and keeps every
+        other host's; a service whose last host goes is deleted with all its objects.
+    type: str
+    choices: [present, absent]
+    default: present
+  prune:
+    description:
+      - With O(state=present), whether O(endpoints) is the complete desired set of the registration set.
+      - V(true) deletes every object of the registration set that is not desired (a host removed from the
+        inventory loses exactly its entries).
+      - V(false) upserts only the given hosts, keeping the entries of hosts not given; use it for runs that see
+        only part of the inventory (C(--limit)). The role chooses this for you.
+    type: bool
+    default: true
+  registration:
+    description:
+      - Name of the registration set, the value of the C(fleetmesh.envoy/registration) label. Runs with different
+        sets never prune each other's objects, and never write objects of another set.
+    type: str
+    default: default
+  shapes:
+    description:
+      - The Kubernetes objects to build.
+      - V(workloadentry) an Istio WorkloadEntry per VM and a Service selecting them by C(app) (plus a
+        WorkloadGroup per service with O(workload_group)).
+      - V(serviceentry) an Istio ServiceEntry per service, C(MESH_INTERNAL), resolution C(STATIC), with the VMs
+        as endpoints and host C(<service>.<namespace>.svc.<cluster_domain>).
+      - V(endpointslice) a selector-less Service and EndpointSlices labelled C(kubernetes.io/service-name) (the
+        Contour/Gimbal pattern), at most O(max_endpoints_per_slice) endpoints per slice, one address family per
+        slice; with O(legacy_endpoints) also v1 Endpoints.
+      - V(httpproxy) the Contour HTTPProxies of O(httpproxies).
+      - V(workloadentry) and V(endpointslice) exclude each other (both own the service's Service).
+    type: list
+    elements: str
+    choices: [workloadentry, serviceentry, endpointslice, httpproxy]
+    default: [workloadentry]
+  workload_group:
+    description:
+      - With the V(workloadentry) shape, also build an Istio WorkloadGroup per service.
+    type: bool
+    default: false
+  max_endpoints_per_slice:
+    description:
+      - Largest number of endpoints in one EndpointSlice (1-1000). Kubernetes' own controller uses 100.
+    type: int
+    default: 100
+  legacy_endpoints:
+    description:
+      - With the V(endpointslice) shape, also write v1 Endpoints (labelled
+        C(endpointslice.kubernetes.io/skip-mirror=true)) for consumers that still read them.
+    type: bool
+    default: false
+  httpproxies:
+    description:
+      - Contour HTTPProxies for the V(httpproxy) shape, routing a host and path prefixes to Services with weights.
+        A route may mix VM services (registered by this run) and Kubernetes Services.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: Name of the HTTPProxy.
+        type: str
+        required: true
+      namespace:
+        description: Namespace of the HTTPProxy and of the Services it routes to.
+        type: str
+        required: true
+      fqdn:
+        description: Host name the HTTPProxy serves (C(spec.virtualhost.fqdn)).
+        type: str
+        required: true
+      ingress_class_name:
+        description: C(spec.ingressClassName).
+        type: str
+      tls_secret_name:
+        description: Secret with the TLS certificate of O(httpproxies[].fqdn) (C(spec.virtualhost.tls.secretName)).
+        type: str
+      routes:
+        description: Routes, matched by path prefix.
+        type: list
+        elements: dict
+        required: true
+        suboptions:
+          prefix:
+            description: Path prefix of the route.
+            type: str
+            default: /
+          services:
+            description:
+              - Services of the route. C(port) may be left out for a VM service with one port.
+              - Traffic is split by C(weight) (Contour's default without weights is an even split).
+            type: list
+            elements: dict
+            required: true
+  cluster_domain:
+    description:
+      - DNS domain of the cluster, for ServiceEntry hosts.
+    type: str
+    default: cluster.local
+  force:
+    description:
+      - Take over fields that another field manager owns (server-side apply C(force=true)). Without it such a
+        conflict fails the run, naming the manager and the fields.
+    type: bool
+    default: false
+  adopt:
+    description:
+      - Take over existing objects that have a name this run needs but not the ownership labels (for example
+        written by C(kubectl) or C(istioctl register)). Without it the run fails and leaves them alone.
+    type: bool
+    default: false
+  parallel:
+    description:
+      - Most requests in flight at once (1-64).
+    type: int
+    default: 8
+extends_documentation_fragment:
+  - fleetmesh.envoy.k8s_auth
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Every change is sent with C(dryRun=All), so the API server's validation and admission run and the
+      result shows what would change.
+  diff_mode:
+    support: full
+    details: Before and after of every created, updated and deleted object, without managed fields and status.
+  platform:
+    platforms: posix
+    details: Runs on the controller (C(delegate_to=localhost)), which needs the C(kubernetes) Python library.
+seealso:
+  - name: Server-Side Apply
+    description: How field managers own fields, and what a conflict is.
+    link: https://kubernetes.io/docs/reference/using-api/server-side-apply/
+  - name: Istio WorkloadEntry
+    description: The Istio object for a VM.
+    link: https://istio.io/latest/docs/reference/config/networking/workload-entry/
+"""
+
+EXAMPLES = r"""
+- name: Register every VM of the reviews and ratings groups (normally done by the role)
+  fleetmesh.envoy.mesh_registration:
+    kubeconfig: ~/.kube/config
+    shapes: [workloadentry]
+    workload_group: true
+    endpoints:
+      - host: vm-1
+        address: 192.0.2.10
+        service: reviews
+        namespace: bookinfo
+        ports: {http: 9080}
+        labels: {app: reviews, version: v1}
+        service_account: reviews
+        network: vm-network
+        locality: us-east/zone-a
+      - host: vm-2
+        address: 192.0.2.11
+        service: reviews
+        namespace: bookinfo
+        ports: {http: 9080}
+        labels: {app: reviews, version: v1}
+        service_account: reviews
+  run_once: true
+  delegate_to: localhost
+
+- name: Selector-less Service + EndpointSlices, and a Contour HTTPProxy sending 20% to the Kubernetes pods
+  fleetmesh.envoy.mesh_registration:
+    shapes: [endpointslice, httpproxy]
+    max_endpoints_per_slice: 50
+    endpoints: "{{ my_endpoints }}"
+    httpproxies:
+      - name: reviews
+        namespace: bookinfo
+        fqdn: reviews.example.com
+        routes:
+          - prefix: /
+            services:
+              - name: reviews          # the VMs
+                weight: 80
+              - name: reviews-k8s      # a Kubernetes Service
+                port: 9080
+                weight: 20
+  run_once: true
+  delegate_to: localhost
+
+- name: Decommission vm-2 (its entries only)
+  fleetmesh.envoy.mesh_registration:
+    state: absent
+    endpoints:
+      - host: vm-2
+  run_once: true
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+counts:
+  description: How many objects were created, updated, unchanged and deleted (would be, in check mode).
+  returned: success
+  type: dict
+  sample: {"created": 3, "updated": 1, "unchanged": 40, "deleted": 1}
+objects:
+  description:
+    - Every object the run created, updated or deleted (would have, in check mode), with what happened to it.
+      Unchanged objects are only counted in RV(counts).
+    - Empty when nothing changed.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    kind:
+      description: Kind of the object.
+      type: str
+      sample: WorkloadEntry
+    api_version:
+      description: API version it was written with.
+      type: str
+      sample: networking.istio.io/v1
+    namespace:
+      description: Namespace of the object.
+      type: str
+      sample: bookinfo
+    name:
+      description: Name of the object.
+      type: str
+      sample: reviews-vm-1
+    action:
+      description: V(created), V(updated) or V(deleted).
+      type: str
+      sample: created
+mode:
+  description:
+    - V(full) the endpoints were the complete set and objects not desired were pruned; V(merge) only the given
+      hosts were upserted; V(absent) only the given hosts were removed.
+  returned: success
+  type: str
+  sample: full
+registration:
+  description: The registration set.
+  returned: success
+  type: str
+  sample: default
+api_url:
+  description: URL of the API server the run talked to.
+  returned: when the API was reached
+  type: str
+  sample: https://127.0.0.1:6443
+requests:
+  description: Number of HTTP requests sent to the API server.
+  returned: when the API was reached
+  type: int
+  sample: 5
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import k8s
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import registration as reg
+
+
+def argument_spec():
+    spec = dict(
+        endpoints=dict(type='list', elements='dict', default=[], options=dict(
+            host=dict(type='str', required=True),
+            address=dict(type='str'),
+            service=dict(type='str'),
+            namespace=dict(type='str'),
+            ports=dict(type='dict'),
+            labels=dict(type='dict'),
+            weight=dict(type='int'),
+            locality=dict(type='str'),
+            network=dict(type='str'),
+            service_account=dict(type='str'),
+            healthy=dict(type='bool', default=True),
+        )),
+        endpoints_json=dict(type='str'),
+        state=dict(type='str', choices=['present', 'absent'], default='present'),
+        prune=dict(type='bool', default=True),
+        registration=dict(type='str', default='default'),
+        shapes=dict(type='list', elements='str', default=['workloadentry'], choices=list(reg.SHAPES)),
+        workload_group=dict(type='bool', default=False),
+        max_endpoints_per_slice=dict(type='int', default=100),
+        legacy_endpoints=dict(type='bool', default=False),
+        httpproxies=dict(type='list', elements='dict', default=[], options=dict(
+            name=dict(type='str', required=True),
+            namespace=dict(type='str', required=True),
+            fqdn=dict(type='str', required=True),
+            ingress_class_name=dict(type='str'),
+            tls_secret_name=dict(type='str'),
+            routes=dict(type='list', elements='dict', required=True, options=dict(
+                prefix=dict(type='str', default='/'),
+                services=dict(type='list', elements='dict', required=True),
+            )),
+        )),
+        cluster_domain=dict(type='str', default='cluster.local'),
+        force=dict(type='bool', default=False),
+        adopt=dict(type='bool', default=False),
+        parallel=dict(type='int', default=k8s.DEFAULT_PARALLEL),
+    )
+    spec.update(k8s.AUTH_ARGUMENT_SPEC)
+    return spec
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           mutually_exclusive=[('endpoints', 'endpoints_json')])
+    params = module.params
+    result = dict(changed=False, registration=params['registration'], invocation=invocation(module))
+
+    # 1. Every input, before anything else (no API request when any is wrong).
+    cfg, errors = reg.normalize(params)
+    if not errors and cfg.state == 'present':
+        errors = reg.duplicate_names(reg.build_full(cfg, _PLACEHOLDER_VERSIONS))
+    if not 1 <= params['parallel'] <= k8s.MAX_PARALLEL:
+        errors.append('parallel: %d is not allowed; allowed: integer 1-%d' % (params['parallel'], k8s.MAX_PARALLEL))
+    if errors:
+        module.fail_json(msg='invalid input, nothing was applied: ' + '; '.join(errors), errors=errors, **result)
+    if not k8s.HAS_KUBERNETES:
+        module.fail_json(msg=missing_required_lib('kubernetes'), exception=k8s.KUBERNETES_IMPORT_ERROR, **result)
+
+    try:
+        # 2. One client, one discovery of only what this run can touch.
+        client = k8s.client_from_params(params, parallel=params['parallel'])
+        result['api_url'] = client.url
+        needed = reg.required_kinds(cfg.shapes, cfg.legacy_endpoints, cfg.workload_group)
+        wanted = [(kind, group, versions, kind in needed) for kind, (group, versions, _plural) in reg.KINDS.items()]
+        resources = client.discover(wanted)
+        api_versions = dict((kind, k8s.api_version(res)) for kind, res in resources.items())
+        namespaces = sorted(set(ep.namespace for ep in cfg.endpoints if ep.namespace) |
+                            set(p['namespace'] for p in cfg.httpproxies))
+        # 3. What this registration set owns now.
+        live, warnings = k8s.list_owned(client, resources, cfg.registration, namespaces)
+        for warning in warnings:
+            module.warn(warning)
+        plan = reg.plan(cfg, api_versions, live)
+        result['mode'] = plan.mode
+        # 4. Apply what differs, delete what is no longer desired.
+        outcome = k8s.reconcile(client, resources, plan.desired, live, plan.delete, plan.prune_all,
+                                cfg.registration, force=params['force'], adopt=params['adopt'],
+                                check_mode=module.check_mode, want_diff=module._diff)
+    except k8s.KubeError as exc:
+        if 'client' in locals():
+            result['requests'] = client.requests
+        module.fail_json(msg=exc.message, **dict(result, **exc.details))
+    except Exception as exc:  # pylint: disable=broad-except
+        module.fail_json(msg='%s: %s' % (type(exc).__name__, k8s._redact(str(exc))),
+                         exception=k8s._redact(traceback.format_exc()), **result)
+
+    for warning in client.warnings:
+        # Listing Endpoints (to prune them) warns on every run; say it only when asked to write them.
+        if cfg.legacy_endpoints or 'Endpoints is deprecated' not in warning:
+            module.warn('Kubernetes API: %s' % warning)
+    result.update(changed=outcome['changed'], counts=outcome['counts'], objects=outcome['objects'],
+                  requests=client.requests)
+    if module._diff:
+        result['diff'] = outcome['diff']
+    module.exit_json(**result)
+
+
+def invocation(module):
+    """The module arguments echoed back, with a large desired set summarized (it can be thousands of hosts)."""
+    args = dict(module.params)
+    for name in ('api_key', 'client_key'):
+        if args.get(name) is not None:
+            args[name] = 'VALUE_SPECIFIED_IN_NO_LOG_PARAMETER'
+    endpoints = args.get('endpoints') or []
+    if len(endpoints) > INVOCATION_ENDPOINTS:
+        hosts = [e.get('host') for e in endpoints if isinstance(e, dict)]
+        args['endpoints'] = '%d endpoints (hosts %s ... %s), not echoed' % (len(endpoints), hosts[0], hosts[-1])
+    if args.get('endpoints_json') and len(args['endpoints_json']) > 4096:
+        args['endpoints_json'] = '%d characters of JSON, not echoed' % len(args['endpoints_json'])
+    return {'module_args': args}
+
+
+INVOCATION_ENDPOINTS = 50
+
+
+# Names and shapes do not depend on versions; input checks build with these before discovery.
+_PLACEHOLDER_VERSIONS = dict((kind, '%s/%s' % (group, versions[0]) if group else versions[0])
+                             for kind, (group, versions, _plural) in reg.KINDS.items())
+
+
+if __name__ == '__main__':
+    main()

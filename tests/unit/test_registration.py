@@ -1,0 +1,313 @@
+"""Unit tests of plugins/module_utils/_fleetmesh/registration.py: input checks and object building (no API)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import registration as reg
+
+API = {
+    "Service": "v1",
+    "Endpoints": "v1",
+    "EndpointSlice": "discovery.k8s.io/v1",
+    "WorkloadEntry": "networking.istio.io/v1",
+    "WorkloadGroup": "networking.istio.io/v1",
+    "ServiceEntry": "networking.istio.io/v1",
+    "HTTPProxy": "projectcontour.io/v1",
+}
+
+
+def ep(host, address, service="reviews", namespace="bookinfo", **extra):
+    out = {"host": host, "address": address, "service": service, "namespace": namespace, "ports": {"http": 9080}}
+    out.update(extra)
+    return out
+
+
+def cfg(endpoints, **params):
+    params.setdefault("shapes", ["workloadentry"])
+    config, errors = reg.normalize(dict(params, endpoints=endpoints))
+    assert errors == []
+    return config
+
+
+def errors_of(endpoints, **params):
+    params.setdefault("shapes", ["workloadentry"])
+    config, errors = reg.normalize(dict(params, endpoints=endpoints))
+    assert config is None
+    return errors
+
+
+def by_key(objs):
+    return {reg.obj_key(o): o for o in objs}
+
+
+# -- input checks ------------------------------------------------------------------------------
+
+
+def test_valid_input_normalizes_addresses_ports_and_labels():
+    config = cfg([ep("vm-1", "2001:DB8:0::1", ports={"grpc": "9090", "http": 9080}, labels={"version": "v1"})])
+    (one,) = config.endpoints
+    assert one.address == "2001:db8::1" and one.family == "IPv6"
+    assert list(one.ports.items()) == [("http", 9080), ("grpc", 9090)]  # sorted by port
+    assert reg.effective_labels(one) == {"app": "reviews", "version": "v1"}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        (ep("vm-1", "192.0.2.1", service="Reviews"),
+         'endpoints[0].service (fleetmesh_service of host vm-1): "Reviews" is not a valid DNS-1035 label'),
+        (ep("vm-1", "192.0.2.1", namespace="book_info"),
+         'endpoints[0].namespace (fleetmesh_namespace of host vm-1): "book_info" is not a valid DNS-1123 label'),
+        (ep("vm-1", "192.0.2.300"),
+         'endpoints[0].address (fleetmesh_address of host vm-1): "192.0.2.300" is not a valid IP address'),
+        (ep("vm-1", None), "endpoints[0].address (fleetmesh_address of host vm-1): is not set; allowed: "),
+        (ep("vm-1", "192.0.2.1", ports={"http": 70000}),
+         "fleetmesh_ports of host vm-1).http: 70000 is not a valid port; allowed: integer 1-65535"),
+        (ep("vm-1", "192.0.2.1", ports={"web": 80}), "is not a valid Istio port name"),
+        (ep("vm-1", "192.0.2.1", weight=0), "0 is not a valid endpoint weight"),
+        (ep("vm-1", "192.0.2.1", locality="a/b/c/d"), '"a/b/c/d" is not a valid locality'),
+        (ep("vm-1", "192.0.2.1", labels={"bad key!": "x"}), "is not a valid label key"),
+        (ep("vm-1", "192.0.2.1", healthy="yes"), '"yes" is not a boolean'),
+    ],
+)
+def test_bad_input_names_variable_host_value_and_what_is_allowed(endpoint, expected):
+    errors = errors_of([endpoint])
+    assert any(expected in e for e in errors), errors
+    assert all("; allowed: " in e for e in errors), errors
+
+
+def test_service_name_may_start_with_a_digit_only_without_a_kubernetes_service():
+    assert errors_of([ep("vm-1", "192.0.2.1", service="1st")], shapes=["endpointslice"])
+    assert cfg([ep("vm-1", "192.0.2.1", service="1st")], shapes=["serviceentry"])
+
+
+def test_duplicate_addresses_in_one_service_name_both_hosts():
+    errors = errors_of([ep("vm-1", "192.0.2.1"), ep("vm-2", "192.0.2.1"), ep("vm-3", "192.0.2.1", service="other")])
+    assert len(errors) == 1
+    assert "service bookinfo/reviews" in errors[0] and "(vm-1, vm-2)" in errors[0] and "192.0.2.1" in errors[0]
+
+
+def test_every_error_is_reported_at_once():
+    errors = errors_of([ep("vm-1", "bad", service="Bad"), ep("vm-2", "192.0.2.2", ports={"http": 0})])
+    assert len(errors) == 3
+
+
+def test_hosts_listed_twice_and_inconsistent_service_settings_are_refused():
+    assert any("is listed twice" in e for e in errors_of([ep("vm-1", "192.0.2.1"), ep("vm-1", "192.0.2.2")]))
+    errors = errors_of([ep("vm-1", "192.0.2.1"), ep("vm-2", "192.0.2.2", ports={"http": 8080})])
+    assert any("fleetmesh_ports (hosts of service bookinfo/reviews)" in e and "differ between hosts" in e
+               for e in errors)
+    errors = errors_of([ep("vm-1", "192.0.2.1", labels={"app": "a"}), ep("vm-2", "192.0.2.2", labels={"app": "b"})])
+    assert any("fleetmesh_labels.app" in e for e in errors)
+
+
+def test_option_checks():
+    assert any("combines 'workloadentry' and 'endpointslice'" in e
+               for e in errors_of([], shapes=["workloadentry", "endpointslice"]))
+    assert any("max_endpoints_per_slice: 0" in e for e in errors_of([], max_endpoints_per_slice=0))
+    assert any("registration (the registration set" in e for e in errors_of([], registration="Not_A_Label"))
+    assert any("httpproxies: is not set" in e for e in errors_of([], shapes=["httpproxy"]))
+    assert any("shapes[0]" in e for e in errors_of([], shapes=["nope"]))
+
+
+def test_absent_needs_hosts_only():
+    config = cfg([{"host": "vm-1"}], state="absent")
+    assert [e.host for e in config.endpoints] == ["vm-1"]
+    assert errors_of([{"host": ""}], state="absent")
+
+
+def test_host_labels_are_dns_labels_and_distinct():
+    assert reg.host_label("vm-1") == "vm-1"
+    odd = [reg.host_label(h) for h in ("VM_1.example.com", "vm_1.example.com", "x" * 80)]
+    assert len(set(odd)) == 3
+    for label in odd:
+        assert len(label) <= 63 and label == label.lower() and not label.startswith("-")
+
+
+def test_duplicate_object_names_are_refused():
+    config = cfg([ep("b-c", "192.0.2.1", service="a"), ep("c", "192.0.2.2", service="a-b")])
+    errors = reg.duplicate_names(reg.build_full(config, API))
+    assert errors and "WorkloadEntry bookinfo/a-b-c: built twice (hosts b-c and c)" in errors[0]
+
+
+# -- shapes ------------------------------------------------------------------------------------
+
+
+def test_workloadentry_shape():
+    config = cfg([ep("vm-1", "192.0.2.1", labels={"version": "v1"}, network="net", locality="us/z1", weight=3,
+                     service_account="reviews"),
+                  ep("vm-2", "192.0.2.2", healthy=False, service_account="reviews")],
+                 workload_group=True, registration="set-a")
+    objs = by_key(reg.build_full(config, API))
+    assert set(objs) == {("Service", "bookinfo", "reviews"), ("WorkloadGroup", "bookinfo", "reviews"),
+                         ("WorkloadEntry", "bookinfo", "reviews-vm-1")}  # unhealthy vm-2 left out
+    we = objs[("WorkloadEntry", "bookinfo", "reviews-vm-1")]
+    assert we["apiVersion"] == "networking.istio.io/v1"
+    assert we["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "fleetmesh.envoy",
+                                        "fleetmesh.envoy/registration": "set-a", "fleetmesh.envoy/service": "reviews"}
+    assert we["metadata"]["annotations"] == {"fleetmesh.envoy/host": "vm-1"}
+    assert we["spec"] == {"address": "192.0.2.1", "ports": {"http": 9080},
+                          "labels": {"app": "reviews", "version": "v1"}, "network": "net", "locality": "us/z1",
+                          "weight": 3, "serviceAccount": "reviews"}
+    svc = objs[("Service", "bookinfo", "reviews")]
+    assert svc["spec"] == {"ports": [{"name": "http", "protocol": "TCP", "port": 9080, "targetPort": 9080}],
+                           "selector": {"app": "reviews"}}
+    wg = objs[("WorkloadGroup", "bookinfo", "reviews")]
+    assert wg["spec"]["template"] == {"ports": {"http": 9080}, "labels": {"app": "reviews"},
+                                      "network": "net", "serviceAccount": "reviews"}
+
+
+def test_serviceentry_shape_matches_the_seed():
+    config = cfg([ep("vm-1", "192.168.99.129", service="vmhttp", namespace="default", ports={"http": 8080},
+                     labels={"app": "vmhttp", "version": "v1"})], shapes=["serviceentry"])
+    (se,) = reg.build_full(config, API)
+    assert se["kind"] == "ServiceEntry" and se["metadata"]["name"] == "vmhttp"
+    assert se["spec"] == {
+        "hosts": ["vmhttp.default.svc.cluster.local"],
+        "location": "MESH_INTERNAL",
+        "resolution": "STATIC",
+        "ports": [{"number": 8080, "protocol": "HTTP", "name": "http"}],
+        "endpoints": [{"address": "192.168.99.129", "ports": {"http": 8080},
+                       "labels": {"app": "vmhttp", "version": "v1"}}],
+    }
+    assert json.loads(se["metadata"]["annotations"]["fleetmesh.envoy/hosts"]) == {"vm-1": "192.168.99.129"}
+
+
+def test_endpointslice_shape_splits_per_family_and_size_and_marks_unhealthy_not_ready():
+    eps = [ep(f"vm-{i}", f"192.0.2.{i}", healthy=i != 3, locality=f"r/zone-{i}") for i in range(1, 8)]
+    eps.append(ep("vm-v6", "2001:db8::1"))
+    config = cfg(eps, shapes=["endpointslice"], max_endpoints_per_slice=3, legacy_endpoints=True)
+    objs = by_key(reg.build_full(config, API))
+    slices = sorted(k[2] for k in objs if k[0] == "EndpointSlice")
+    assert slices == ["reviews-ipv4-0", "reviews-ipv4-1", "reviews-ipv4-2", "reviews-ipv6-0"]
+    first = objs[("EndpointSlice", "bookinfo", "reviews-ipv4-0")]
+    assert first["addressType"] == "IPv4"
+    assert first["metadata"]["labels"]["kubernetes.io/service-name"] == "reviews"
+    assert first["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == "fleetmesh.envoy"
+    assert [e["addresses"] for e in first["endpoints"]] == [["192.0.2.1"], ["192.0.2.2"], ["192.0.2.3"]]
+    assert first["endpoints"][2]["conditions"] == {"ready": False, "serving": False, "terminating": False}
+    assert first["endpoints"][0]["zone"] == "zone-1" and first["endpoints"][0]["hostname"] == "vm-1"
+    assert first["ports"] == [{"name": "http", "port": 9080, "protocol": "TCP"}]
+    assert len(objs[("EndpointSlice", "bookinfo", "reviews-ipv4-2")]["endpoints"]) == 1
+    svc = objs[("Service", "bookinfo", "reviews")]
+    assert "selector" not in svc["spec"]
+    legacy = objs[("Endpoints", "bookinfo", "reviews")]
+    assert legacy["metadata"]["labels"]["endpointslice.kubernetes.io/skip-mirror"] == "true"
+    (subset,) = legacy["subsets"]
+    assert [a["ip"] for a in subset["notReadyAddresses"]] == ["192.0.2.3"]
+    assert len(subset["addresses"]) == 7
+
+
+def test_httpproxy_mixes_vm_and_kubernetes_backends():
+    proxies = [{"name": "reviews", "namespace": "bookinfo", "fqdn": "reviews.example.com",
+                "routes": [{"prefix": "/api", "services": [{"name": "reviews", "weight": 80},
+                                                           {"name": "reviews-k8s", "port": 9080, "weight": 20}]}]}]
+    config = cfg([ep("vm-1", "192.0.2.1")], shapes=["endpointslice", "httpproxy"], httpproxies=proxies)
+    proxy = by_key(reg.build_full(config, API))[("HTTPProxy", "bookinfo", "reviews")]
+    assert proxy["spec"] == {"virtualhost": {"fqdn": "reviews.example.com"},
+                             "routes": [{"conditions": [{"prefix": "/api"}],
+                                         "services": [{"name": "reviews", "port": 9080, "weight": 80},
+                                                      {"name": "reviews-k8s", "port": 9080, "weight": 20}]}]}
+
+
+def test_httpproxy_checks():
+    base = {"name": "p", "namespace": "bookinfo", "fqdn": "x.example.com"}
+    bad_port = dict(base, routes=[{"services": [{"name": "reviews", "port": 1234}]}])
+    assert any("is not a port of VM service bookinfo/reviews" in e
+               for e in errors_of([ep("vm-1", "192.0.2.1")], shapes=["endpointslice", "httpproxy"],
+                                  httpproxies=[bad_port]))
+    no_port = dict(base, routes=[{"services": [{"name": "k8s-only"}]}])
+    assert any(".port: is not set" in e for e in errors_of([], shapes=["httpproxy"], httpproxies=[no_port]))
+    vm_without_service = dict(base, routes=[{"services": [{"name": "reviews"}]}])
+    assert any("no Kubernetes Service is built" in e
+               for e in errors_of([ep("vm-1", "192.0.2.1")], shapes=["serviceentry", "httpproxy"],
+                                  httpproxies=[vm_without_service]))
+
+
+# -- partial runs ------------------------------------------------------------------------------
+
+
+def _live(objs):
+    """What the API server would return: the built objects plus server fields."""
+    out = copy.deepcopy(objs)
+    for i, obj in enumerate(out):
+        obj["metadata"]["uid"] = f"uid-{i}"
+    return out
+
+
+def test_full_plan_prunes_everything_not_desired():
+    config = cfg([ep("vm-1", "192.0.2.1")])
+    plan = reg.plan(config, API, [])
+    assert plan.mode == "full" and plan.prune_all and plan.delete == []
+
+
+def test_partial_upsert_keeps_other_hosts_entries():
+    everyone = [ep(f"vm-{i}", f"192.0.2.{i}") for i in range(1, 6)]
+    shapes = ["serviceentry", "endpointslice"]
+    live = _live(reg.build_full(cfg(everyone, shapes=shapes, max_endpoints_per_slice=2), API))
+    changed = [ep("vm-2", "192.0.2.22"), ep("vm-9", "192.0.2.9")]
+    plan = reg.plan(cfg(changed, shapes=shapes, prune=False, max_endpoints_per_slice=2), API, live)
+    assert plan.mode == "merge" and not plan.prune_all
+    objs = by_key(plan.desired)
+    se = objs[("ServiceEntry", "bookinfo", "reviews")]
+    assert [e["address"] for e in se["spec"]["endpoints"]] == [
+        "192.0.2.1", "192.0.2.3", "192.0.2.4", "192.0.2.5", "192.0.2.9", "192.0.2.22"]
+    hosts = json.loads(se["metadata"]["annotations"]["fleetmesh.envoy/hosts"])
+    assert hosts == {"vm-1": "192.0.2.1", "vm-2": "192.0.2.22", "vm-3": "192.0.2.3", "vm-4": "192.0.2.4",
+                     "vm-5": "192.0.2.5", "vm-9": "192.0.2.9"}
+    slices = [o for o in plan.desired if o["kind"] == "EndpointSlice"]
+    assert sum(len(s["endpoints"]) for s in slices) == 6 and len(slices) == 3
+    assert plan.delete == []
+
+
+def test_absent_removes_exactly_the_given_hosts_and_a_service_with_its_last_host():
+    eps = [ep("vm-1", "192.0.2.1"), ep("vm-2", "192.0.2.2"), ep("solo", "192.0.2.9", service="ratings")]
+    live = _live(reg.build_full(cfg(eps, workload_group=True), API)
+                 + reg.build_full(cfg(eps, shapes=["serviceentry"]), API))
+    plan = reg.plan(cfg([{"host": "vm-2"}, {"host": "solo"}], state="absent"), API, live)
+    deleted = sorted(reg.obj_key(o) for o in plan.delete)
+    assert deleted == [("Service", "bookinfo", "ratings"), ("ServiceEntry", "bookinfo", "ratings"),
+                       ("WorkloadEntry", "bookinfo", "ratings-solo"), ("WorkloadEntry", "bookinfo", "reviews-vm-2"),
+                       ("WorkloadGroup", "bookinfo", "ratings")]
+    (se,) = plan.desired
+    assert [e["address"] for e in se["spec"]["endpoints"]] == ["192.0.2.1"]
+
+
+def test_absent_removes_the_last_slice_entries_and_shrinks_slices():
+    eps = [ep(f"vm-{i}", f"192.0.2.{i}") for i in range(1, 5)]
+    live = _live(reg.build_full(cfg(eps, shapes=["endpointslice"], max_endpoints_per_slice=2), API))
+    plan = reg.plan(cfg([{"host": "vm-3"}, {"host": "vm-4"}], state="absent", shapes=["endpointslice"],
+                        max_endpoints_per_slice=2), API, live)
+    assert [reg.obj_key(o)[2] for o in plan.delete] == ["reviews-ipv4-1"]
+    (kept,) = [o for o in plan.desired if o["kind"] == "EndpointSlice"]
+    assert [e["addresses"][0] for e in kept["endpoints"]] == ["192.0.2.1", "192.0.2.2"]
+
+
+def test_a_host_moving_service_in_a_partial_run_leaves_its_old_service():
+    live = _live(reg.build_full(cfg([ep("vm-1", "192.0.2.1"), ep("vm-2", "192.0.2.2")], shapes=["serviceentry"]),
+                                API))
+    plan = reg.plan(cfg([ep("vm-2", "192.0.2.2", service="ratings")], shapes=["serviceentry"], prune=False),
+                    API, live)
+    objs = by_key(plan.desired)
+    assert [e["address"] for e in objs[("ServiceEntry", "bookinfo", "reviews")]["spec"]["endpoints"]] == ["192.0.2.1"]
+    assert [e["address"] for e in objs[("ServiceEntry", "bookinfo", "ratings")]["spec"]["endpoints"]] == ["192.0.2.2"]
+
+
+def test_objects_of_other_sets_are_not_owned():
+    obj = reg.build_full(cfg([ep("vm-1", "192.0.2.1")], registration="a"), API)[0]
+    assert reg.owned(obj, "a") and not reg.owned(obj, "b")
+    plan = reg.plan(cfg([{"host": "vm-1"}], state="absent", registration="b"), API, [obj])
+    assert plan.delete == [] and plan.desired == []
+
+
+def test_endpoints_as_json_text_are_checked_the_same_way():
+    text = json.dumps([ep("vm-1", "192.0.2.1"), ep("vm-2", "192.0.2.2")])
+    config, errors = reg.normalize({"endpoints_json": text, "shapes": ["workloadentry"]})
+    assert errors == [] and [e.host for e in config.endpoints] == ["vm-1", "vm-2"]
+    _config, errors = reg.normalize({"endpoints_json": "[{", "shapes": ["workloadentry"]})
+    assert errors and errors[0].startswith("endpoints_json: is not valid JSON")
+    _config, errors = reg.normalize({"endpoints_json": json.dumps([ep("vm-1", "192.0.2.1", adress="x")])})
+    assert any('endpoints[0] (host vm-1): "adress" is not a known field' in e for e in errors), errors
