@@ -226,7 +226,7 @@ def run() -> bool:
                 namespace = f"bench-scale-{count}"
                 book = playbook(workdir, namespace, ours_task(kubeconfig, namespace), endpoints(count, namespace))
                 first = run_playbook(book, api)
-                again = min(run_playbook(book, api) for _ in range(ROUNDS))
+                again = min(run_playbook(book, api) for _round in range(ROUNDS))
                 if count == 1000:
                     noop_1000 = again
                 found = count_objects(api, namespace)

@@ -238,8 +238,8 @@ def test_httpproxy_mixes_vm_and_kubernetes_backends(kube_api, ns, registrar, tmp
     assert proxy["metadata"]["labels"] == ownership("hp")
     assert proxy["spec"]["virtualhost"] == {"fqdn": "shop.example.com"}
     assert proxy["spec"]["routes"] == [
-        {"conditions": [{"prefix": "/cart"}], "services": [{"name": "cart", "port": 8080, "weight": 90},
-                                                          {"name": "cart-k8s", "port": 8080, "weight": 10}]},
+        {"conditions": [{"prefix": "/cart"}],
+         "services": [{"name": "cart", "port": 8080, "weight": 90}, {"name": "cart-k8s", "port": 8080, "weight": 10}]},
         {"conditions": [{"prefix": "/"}], "services": [{"name": "frontend-k8s", "port": 80}]},
     ]
     assert_noop(run_module(args, tmp_path))
@@ -332,7 +332,7 @@ def test_field_manager_conflict_is_reported_and_forced_with_force(kube_api, ns, 
     ok(run_module(args, tmp_path))
     # Another team's tool takes over the target port (server-side apply, its own field manager, forced).
     path = kube_api.resource_path("v1", "Service", "reviews", ns)
-    status, _ = kube_api.request(
+    status, _body = kube_api.request(
         "PATCH", path + "?fieldManager=other-team&force=true",
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": ns},
          "spec": {"ports": [{"port": 9080, "protocol": "TCP", "targetPort": 9999}]}},
