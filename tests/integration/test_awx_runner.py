@@ -209,7 +209,6 @@ def onboard_answers(ca_dir: Path) -> dict[str, Any]:
         "workload_certs_lab_ca_dir": str(ca_dir),
         "mesh_registration_shapes": ["workloadentry"],
         # Booleans answered as a survey answers them: strings.
-        "fleetmesh_istio_sidecar": "false",
         "workload_certs_owner_create": "true",
         "mesh_registration_workload_group": "false",
     }
