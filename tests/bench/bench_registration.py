@@ -146,7 +146,7 @@ def as_list(objs: list[dict]) -> dict:
     return {"apiVersion": "v1", "kind": "List", "items": objs}
 
 
-ROUNDS = 3
+ROUNDS = 5
 
 
 def run() -> bool:

@@ -192,6 +192,6 @@ def test_role_names_the_host_and_variable_of_bad_input(kube_api, ns, tmp_path):
     assert proc.returncode != 0
     result = task_result(out, "Register the play's VMs in Kubernetes")
     assert 'fleetmesh_address of host vm-2): "192.0.2.999" is not a valid IP address' in result["msg"]
-    assert "endpoints[2].address (fleetmesh_address of host vm-3): is not set" in result["msg"]
+    assert "endpoints[2].address (fleetmesh_address of host vm-3): is not set" in result["msg"]  # sorted hosts
     assert "gather facts" in result["msg"]
     assert owned(kube_api, ns, "networking.istio.io/v1", "WorkloadEntry") == {}

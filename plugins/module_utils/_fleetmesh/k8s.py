@@ -114,10 +114,11 @@ def resource_path(resource: Resource, namespace: Optional[str] = None, name: Opt
 class KubeError(Exception):
     """A failure to report to the user as is (the message says what and why)."""
 
-    def __init__(self, message: str, details: Optional[Dict[str, Any]] = None) -> None:
+    def __init__(self, message: str, details: Optional[Dict[str, Any]] = None, key: Any = None) -> None:
         super(KubeError, self).__init__(message)
         self.message = message
         self.details = details or {}
+        self.key = key or message  # errors with one key are reported once
 
 
 Response = namedtuple('Response', ['status', 'data', 'warnings'])
@@ -269,11 +270,12 @@ class KubeClient:
             who = found.group('user') if found and found.group('user') else None
             if found:
                 verb = found.group('verb')
-            return KubeError("forbidden: the kubeconfig's identity%s cannot '%s' '%s'%s%s. Grant it with the "
-                             "ClusterRole in roles/mesh_registration/files/rbac.yml (server said: %s)"
-                             % (' (%s)' % who if who else '', verb, resource_name(resource), where,
-                                ' (%s)' % target if target else '', message or 'Forbidden'),
-                             {'verb': verb, 'resource': resource_name(resource), 'namespace': namespace})
+            return KubeError("forbidden: the kubeconfig's identity cannot '%s' '%s'%s (%sneeded for %s). Grant it "
+                             "with the ClusterRole in roles/mesh_registration/files/rbac.yml"
+                             % (verb, resource_name(resource), where, 'it is %s; ' % who if who else '',
+                                target or 'this run'),
+                             {'verb': verb, 'resource': resource_name(resource), 'namespace': namespace},
+                             key=('forbidden', verb, resource_name(resource), namespace))
         if resp.status == 404 and namespace and 'namespaces "%s" not found' % namespace in message:
             return KubeError('namespace %s does not exist (needed for %s); create it first: the registration does '
                              'not create namespaces' % (namespace, target or resource_name(resource)))
@@ -787,22 +789,30 @@ def reconcile(client: KubeClient, resources: Mapping[str, Resource], desired: Se
             actions.append(Action('unchanged', res, obj, live))
         else:
             actions.append(Action('update', res, obj, live))
-    actions.extend(_check_new_names(client, resources, creates, registration, adopt))
     to_delete = list(delete)
     if prune_all:
         to_delete = [o for k, o in live_by_key.items() if k not in desired_keys]
     for obj in to_delete:
         if obj['kind'] in resources and reg.owned(obj, registration):  # never anything without our labels
             actions.append(Action('delete', resources[obj['kind']], None, obj))
+    actions.extend(Action('create', resources[obj['kind']], obj, None) for obj in creates)
 
+    results_by_id = {}  # type: Dict[int, Any]
     changes = [a for a in actions if a.action != 'unchanged']
     if changes:
-        _preflight_rbac(client, changes)
-        # Dry run first: nothing is written unless the changes are accepted. Check mode dry-runs
-        # everything. Otherwise every update and delete (where conflicts and admission bite) and one
-        # create per kind and namespace (a missing namespace, a schema the server rejects): new objects
-        # have no other field manager to conflict with, and their values passed the input checks.
-        dry = _execute(client, changes if check_mode else _dry_run_sample(changes), force, dry_run=True)
+        # One round before anything is written: are the names of new objects free, and does the API server
+        # accept the changes (dryRun=All)? Check mode tries everything. Otherwise every update and delete
+        # (where conflicts, RBAC and admission bite) and one create per kind and namespace (RBAC, a missing
+        # namespace, a schema the server rejects): new objects have no other field manager to conflict
+        # with, and their values passed the input checks.
+        sample = changes if check_mode else _dry_run_sample(changes)
+        dry, adopted = _names_and_dry_run(client, resources, creates, sample, registration, adopt, force)
+        if adopted:  # taken over: they are updates now, with a live object to diff and conflicts to find
+            actions = [a for a in actions if not (a.action == 'create' and id(a.desired) in adopted)]
+            actions.extend(adopted.values())
+            changes = [a for a in actions if a.action != 'unchanged']
+            dry = [r for r in dry if id(r[0].desired) not in adopted or r[0].action != 'create']
+            dry += _execute(client, list(adopted.values()), force, dry_run=True)
         failed = [(a, e) for a, _r, e in dry if e is not None]
         if failed:
             raise _combined(failed, applied_nothing=True)
@@ -814,8 +824,6 @@ def reconcile(client: KubeClient, resources: Mapping[str, Resource], desired: Se
             if failed:
                 raise _combined(failed, applied_nothing=False, done=[a for a, _r, e in results if e is None])
         results_by_id = dict((id(a), r) for a, r, _e in results)
-    else:
-        results_by_id = {}
 
     counts = OrderedDict([('created', 0), ('updated', 0), ('unchanged', 0), ('deleted', 0)])
     objects, diffs = [], []
@@ -850,9 +858,14 @@ def reconcile(client: KubeClient, resources: Mapping[str, Resource], desired: Se
             'changed': any(counts[k] for k in ('created', 'updated', 'deleted'))}
 
 
-def _check_new_names(client: KubeClient, resources: Mapping[str, Resource], creates: Sequence[Mapping],
-                     registration: str, adopt: bool) -> List[Action]:
-    """New names must be free, or (adopt) be taken over; objects of other sets are never touched."""
+def _names_and_dry_run(client: KubeClient, resources: Mapping[str, Resource], creates: Sequence[Mapping],
+                       sample: Sequence[Action], registration: str, adopt: bool, force: bool):
+    """Look up the names new objects would take and dry-run ``sample``, in one parallel round.
+
+    Names held by objects without the ownership labels are refused (never touched) unless ``adopt``;
+    names held by another registration set always. Returns (dry-run results, {id(desired): Action} of
+    adopted objects).
+    """
     groups = OrderedDict()  # type: Dict[Tuple[str, str], List[Mapping]]
     for obj in creates:
         groups.setdefault((obj['kind'], obj['metadata']['namespace']), []).append(obj)
@@ -871,15 +884,25 @@ def _check_new_names(client: KubeClient, resources: Mapping[str, Resource], crea
                 found[obj['metadata']['name']] = live
         return found
 
-    actions, errors = [], []
-    for group, found, error in client.map(existing, list(groups)):
+    def task(item):
+        what, arg = item
+        if what == 'names':
+            return existing(arg)
+        if arg.action == 'delete':
+            return client.delete(arg.resource, arg.live, dry_run=True)
+        return client.apply(arg.resource, arg.desired, force=force, dry_run=True)
+
+    results = client.map(task, [('names', g) for g in groups] + [('dry', a) for a in sample])
+    dry = [(item[1], result, error) for item, result, error in results if item[0] == 'dry']
+    adopted, errors = OrderedDict(), []  # type: Dict[int, Action], List[str]
+    for (what, group), found, error in results:
+        if what != 'names':
+            continue
         if error is not None:
             raise error
         for obj in groups[group]:
             live = found.get(obj['metadata']['name'])
-            res = resources[obj['kind']]
             if live is None:
-                actions.append(Action('create', res, obj, None))
                 continue
             labels = (live.get('metadata') or {}).get('labels') or {}
             if labels.get(reg.MANAGED_BY_LABEL) == reg.MANAGED_BY and labels.get(reg.SET_LABEL) != registration:
@@ -894,33 +917,16 @@ def _check_new_names(client: KubeClient, resources: Mapping[str, Resource], crea
                               % (reg.obj_ref(obj), reg.MANAGED_BY_LABEL, reg.MANAGED_BY,
                                  '; field managers: %s' % ', '.join(managers) if managers else ''))
             else:
+                res = resources[obj['kind']]
                 live = client.get(res, group[1], obj['metadata']['name']) or live
-                actions.append(Action('update', res, obj, live))
+                adopted[id(obj)] = Action('update', res, obj, live)
     if errors:
-        raise KubeError('; '.join(errors))
-    return actions
+        raise KubeError('; '.join(errors) + '. Nothing was changed.')
+    return dry, adopted
 
 
 def v_show(value: Any) -> str:
     return json.dumps(value)
-
-
-def _preflight_rbac(client: KubeClient, changes: Sequence[Action]) -> None:
-    needed = OrderedDict()  # type: Dict[Tuple[str, str, Optional[str]], Resource]
-    for act in changes:
-        verbs = {'create': ('create', 'patch'), 'update': ('patch',), 'delete': ('delete',)}[act.action]
-        namespace = (act.desired or act.live)['metadata'].get('namespace')
-        for verb in verbs:
-            needed[(verb, resource_name(act.resource), namespace)] = act.resource
-    checks = [(verb, res, ns) for (verb, _name, ns), res in needed.items()]
-    denied = []
-    for (verb, res, ns), allowed, _error in client.map(lambda c: client.can_i(*c), checks):
-        if allowed is False:
-            denied.append("'%s' '%s'%s" % (verb, resource_name(res), ' in namespace %s' % ns if ns else ''))
-    if denied:
-        raise KubeError("forbidden: the kubeconfig's identity cannot %s. Nothing was changed. Grant these verbs "
-                        "(see the ClusterRole in roles/mesh_registration/files/rbac.yml)" % '; '.join(denied),
-                        {'denied': denied})
 
 
 def _dry_run_sample(changes: Sequence[Action]) -> List[Action]:
@@ -944,9 +950,10 @@ def _execute(client: KubeClient, actions: Sequence[Action], force: bool, dry_run
 
 
 def _combined(failed, applied_nothing: bool, done: Sequence[Action] = ()) -> KubeError:
-    messages = []
+    messages, keys = [], set()
     for _act, error in failed:
-        if error.message not in messages:
+        if error.key not in keys:
+            keys.add(error.key)
             messages.append(error.message)
     shown = messages[:10]
     more = len(messages) - len(shown)
