@@ -128,130 +128,8 @@ removed_versions:
   elements: str
 """
 
-import gzip
-import hashlib
-import os
-import re
-import shutil
-import subprocess
-
 from ansible.module_utils.basic import AnsibleModule
-
-SEMVER = re.compile(r'^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$')
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def run_out(args):
-    try:
-        proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return 1, str(err)
-    return proc.returncode, proc.stdout.decode('utf-8', 'replace')
-
-
-def hot_restart_version(binary):
-    if not binary or not os.path.exists(binary):
-        return ''
-    code, out = run_out([binary, '--hot-restart-version'])
-    return out.strip().splitlines()[-1] if code == 0 and out.strip() else ''
-
-
-def active_version(root):
-    link = os.path.join(root, 'current')
-    if not os.path.islink(link):
-        return None
-    return os.path.basename(os.readlink(link).rstrip('/'))
-
-
-def stamp_ok(version_dir, sha256):
-    """The stamp records size and mtime of a binary whose sha256 was verified, so a no-op run does not re-hash."""
-    binary = os.path.join(version_dir, 'envoy')
-    stamp = os.path.join(version_dir, '.sha256')
-    if not os.path.isfile(binary):
-        return False
-    st = os.stat(binary)
-    expected = '%s %d %d' % (sha256, st.st_size, int(st.st_mtime))
-    try:
-        with open(stamp) as handle:
-            if handle.read().strip() == expected:
-                return True
-    except OSError:
-        pass
-    if sha256_file(binary) != sha256:
-        return False
-    with open(stamp, 'w') as handle:
-        handle.write(expected + '\n')
-    return True
-
-
-def write_stamp(version_dir, sha256):
-    st = os.stat(os.path.join(version_dir, 'envoy'))
-    with open(os.path.join(version_dir, '.sha256'), 'w') as handle:
-        handle.write('%s %d %d\n' % (sha256, st.st_size, int(st.st_mtime)))
-
-
-def install(module, src, version_dir, version, sha256):
-    os.makedirs(version_dir, mode=0o755, exist_ok=True)
-    tmp = os.path.join(version_dir, '.envoy.tmp')
-    opener = gzip.open if src.endswith('.gz') else open
-    digest = hashlib.sha256()
-    try:
-        with opener(src, 'rb') as fin, open(tmp, 'wb') as fout:
-            for chunk in iter(lambda: fin.read(1 << 20), b''):
-                digest.update(chunk)
-                fout.write(chunk)
-            fout.flush()
-            os.fsync(fout.fileno())
-    except (OSError, EOFError) as err:
-        _cleanup(tmp, version_dir)
-        module.fail_json(msg='src: cannot read %s: %s; nothing was replaced' % (src, err))
-    got = digest.hexdigest()
-    if got != sha256:
-        _cleanup(tmp, version_dir)
-        module.fail_json(msg='sha256: %s unpacks to a binary with sha256 %s, expected %s; nothing was replaced '
-                             'and the active version keeps running' % (src, got, sha256))
-    os.chmod(tmp, 0o755)
-    code, out = run_out([tmp, '--version'])
-    if code != 0 or '/%s/' % version not in out:
-        _cleanup(tmp, version_dir)
-        module.fail_json(msg='version: the binary in %s does not report Envoy %s (it said: %s); nothing was replaced'
-                             % (src, version, out.strip()[-300:]))
-    os.rename(tmp, os.path.join(version_dir, 'envoy'))
-    write_stamp(version_dir, sha256)
-
-
-def _cleanup(tmp, version_dir):
-    if os.path.exists(tmp):
-        os.unlink(tmp)
-    if os.path.isdir(version_dir) and not os.listdir(version_dir):
-        os.rmdir(version_dir)
-
-
-def switch(root, version):
-    tmp = os.path.join(root, '.current.tmp')
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    os.symlink(version, tmp)
-    os.rename(tmp, os.path.join(root, 'current'))
-
-
-def prunable(root, keep, protect):
-    versions = [d for d in os.listdir(root) if SEMVER.match(d) and os.path.isdir(os.path.join(root, d))]
-    versions.sort(key=lambda v: tuple(int(x) for x in v.split('.')), reverse=True)
-    kept, removed = [], []
-    for v in versions:
-        if v in protect or len(kept) < keep:
-            kept.append(v)
-        else:
-            removed.append(v)
-    return removed
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.envoy_install import activate, check_input
 
 
 def main():
@@ -268,62 +146,13 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    version, sha256, root = p['version'], p['sha256'].lower(), p['root']
-    if not SEMVER.match(version):
-        module.fail_json(msg='version: %r is not a valid Envoy version; allowed: X.Y.Z, e.g. 1.40.0' % version)
-    if not re.match(r'^[0-9a-f]{64}$', sha256):
-        module.fail_json(msg='sha256: %r is not a sha256; allowed: 64 hexadecimal characters' % p['sha256'])
-    if p['keep'] < 1:
-        module.fail_json(msg='keep: %r is not allowed; allowed: an integer of at least 1' % p['keep'])
-
-    version_dir = os.path.join(root, version)
-    binary = os.path.join(version_dir, 'envoy')
-    previous = active_version(root)
-    result = {'changed': False, 'needs_artifact': False, 'installed': False, 'path': binary,
-              'previous_version': previous, 'active_version': previous, 'removed_versions': []}
-
-    present = stamp_ok(version_dir, sha256)
-    if not present:
-        if not p['src']:
-            result['needs_artifact'] = True
-            result.update(hot_restart_version='', previous_hot_restart_version='', hot_restart_compatible=False)
-            module.exit_json(**result)
-        if not os.path.exists(p['src']) and not module.check_mode:
-            module.fail_json(msg='src: %s does not exist on the host' % p['src'])
-        result['changed'] = result['installed'] = True
-        if not module.check_mode:
-            os.makedirs(root, mode=0o755, exist_ok=True)
-            install(module, p['src'], version_dir, version, sha256)
-
-    if p['activate'] and previous != version:
-        result['changed'] = True
-        result['active_version'] = version
-        if not module.check_mode:
-            switch(root, version)
-    if p['src'] and p['remove_src'] and os.path.exists(p['src']) and not module.check_mode:
-        os.unlink(p['src'])
-
-    protect = {v for v in (version, previous, result['active_version']) if v}
-    if os.path.isdir(root):
-        result['removed_versions'] = prunable(root, p['keep'], protect)
-    if result['removed_versions']:
-        result['changed'] = True
-        if not module.check_mode:
-            for v in result['removed_versions']:
-                shutil.rmtree(os.path.join(root, v))
-
-    if result['active_version'] != previous:
-        # Only a switch needs to know whether the running epoch can hand over to the new binary.
-        new_hrv = hot_restart_version(binary)
-        old_hrv = hot_restart_version(os.path.join(root, previous, 'envoy')) if previous else ''
-        compatible = bool(new_hrv) and (not old_hrv or new_hrv == old_hrv)
-    else:
-        new_hrv = old_hrv = ''
-        compatible = True
-    result.update(hot_restart_version=new_hrv, previous_hot_restart_version=old_hrv,
-                  hot_restart_compatible=compatible)
-    if module._diff:
-        result['diff'] = {'before': 'active: %s\n' % previous, 'after': 'active: %s\n' % result['active_version']}
+    sha256 = p['sha256'].lower()
+    check_input(module, p['version'], sha256, p['keep'])
+    result = activate(module, p['root'], p['version'], sha256, p['keep'], src=p['src'],
+                      remove_src=p['remove_src'], do_activate=p['activate'])
+    if module._diff and not result['needs_artifact']:
+        result['diff'] = {'before': 'active: %s\n' % result['previous_version'],
+                          'after': 'active: %s\n' % result['active_version']}
     module.exit_json(**result)
 
 

@@ -53,9 +53,43 @@ options:
     type: str
     required: true
   envoy_binary:
-    description: The Envoy binary that will run the config and validates it.
+    description:
+      - The Envoy binary that will run the config and validates it.
+      - Required unless O(install) is given, which names the binary C(<root>/<version>/envoy).
     type: path
-    required: true
+  install:
+    description:
+      - Also make an installed Envoy version the active one, in the same call (the no-op path of the role
+        is one round trip per host). The checksum stamp of C(<root>/<version>/envoy) is checked, the
+        bootstrap is validated with that binary, and only then is C(current) switched and are old
+        versions pruned, as M(fleetmesh.envoy.envoy_binary) does.
+      - When the version is not installed, nothing at all is changed and RV(needs_artifact) is true; the
+        caller installs it with M(fleetmesh.envoy.envoy_binary) and calls this module again.
+    type: dict
+    suboptions:
+      version:
+        description: Envoy version, C(X.Y.Z).
+        type: str
+        required: true
+      sha256:
+        description: sha256 of the binary.
+        type: str
+        required: true
+      root:
+        description: Directory of the side-by-side versions.
+        type: path
+        default: /opt/fleetmesh/envoy
+      keep:
+        description: How many versions to keep (the active and previous ones are always kept).
+        type: int
+        default: 2
+      assume_installed:
+        description:
+          - In check mode only, act as if the version were installed (an earlier task of the same check-mode
+            run would have installed it), and report the switch and the files without validating the bootstrap.
+          - Ignored outside check mode.
+        type: bool
+        default: false
   wrapper_path:
     description: Where the hot-restart wrapper goes. Skipped when O(wrapper_content) is empty.
     type: path
@@ -123,6 +157,31 @@ config:
   description: Path of the bootstrap.
   returned: always
   type: str
+needs_artifact:
+  description: With O(install), the version is not installed; nothing was changed.
+  returned: when O(install) is given
+  type: bool
+active_version:
+  description: With O(install), the active version after the call (see M(fleetmesh.envoy.envoy_binary)).
+  returned: when O(install) is given and RV(needs_artifact) is false
+  type: str
+previous_version:
+  description: With O(install), the version that was active before the call.
+  returned: when O(install) is given
+  type: str
+hot_restart_compatible:
+  description: With O(install), whether the running epoch can hot-restart into the active binary.
+  returned: when O(install) is given
+  type: bool
+path:
+  description: With O(install), the binary of the version.
+  returned: when O(install) is given
+  type: str
+removed_versions:
+  description: With O(install), versions pruned.
+  returned: when O(install) is given
+  type: list
+  elements: str
 """
 
 import grp
@@ -130,6 +189,12 @@ import os
 import pwd
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.envoy_install import (
+    activate,
+    active_version,
+    check_input,
+    stamp_ok,
+)
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.envoy import (
     EnvoyValidateError,
     atomic_write_validated,
@@ -264,16 +329,36 @@ def main():
             'conf_dir': {'type': 'path', 'required': True},
             'env_content': {'type': 'str', 'required': True},
             'config_content': {'type': 'str', 'required': True},
-            'envoy_binary': {'type': 'path', 'required': True},
+            'envoy_binary': {'type': 'path'},
+            'install': {'type': 'dict', 'options': {
+                'version': {'type': 'str', 'required': True},
+                'sha256': {'type': 'str', 'required': True},
+                'root': {'type': 'path', 'default': '/opt/fleetmesh/envoy'},
+                'keep': {'type': 'int', 'default': 2},
+                'assume_installed': {'type': 'bool', 'default': False},
+            }},
             'wrapper_path': {'type': 'path', 'default': '/usr/libexec/fleetmesh-envoy-run'},
             'wrapper_content': {'type': 'str', 'default': ''},
             'unit_path': {'type': 'path', 'default': '/etc/systemd/system/fleetmesh-envoy@.service'},
             'unit_content': {'type': 'str', 'default': ''},
         },
+        required_one_of=[('envoy_binary', 'install')],
         supports_check_mode=True,
     )
     p = module.params
     inst = Instance(module)
+    wanted = p['install']
+    if wanted:
+        wanted['sha256'] = wanted['sha256'].lower()
+        check_input(module, wanted['version'], wanted['sha256'], wanted['keep'], prefix='install.')
+        version_dir = os.path.join(wanted['root'], wanted['version'])
+        p['envoy_binary'] = os.path.join(version_dir, 'envoy')
+        pending = module.check_mode and wanted['assume_installed']
+        if not stamp_ok(version_dir, wanted['sha256']) and not pending:
+            module.exit_json(changed=False, needs_artifact=True, path=p['envoy_binary'],
+                             previous_version=active_version(wanted['root']), hot_restart_compatible=False, changed_files=[],
+                             user_created=False, unit_changed=False, restart_needed=False, service_running=False,
+                             config=os.path.join(p['conf_dir'], 'envoy.json'))
     # Validate the bootstrap first: a config Envoy rejects must change nothing at all.
     binary = p['envoy_binary']
     if os.path.exists(binary) and _read(os.path.join(p['conf_dir'], 'envoy.json')) != p['config_content'].encode('utf-8'):
@@ -285,6 +370,10 @@ def main():
         if not ok:
             module.fail_json(msg=REJECTED + text, config=os.path.join(p['conf_dir'], 'envoy.json'))
         inst.prevalidated = True
+
+    # The version switch comes after the bootstrap passed its binary, and before the files.
+    switched = activate(module, wanted['root'], wanted['version'], wanted['sha256'], wanted['keep'],
+                        pending=wanted['assume_installed']) if wanted else {}
 
     user_created = inst.ensure_user()
     wrapper_changed = bool(p['wrapper_content']) and inst.plain_file(p['wrapper_path'], p['wrapper_content'], 0o644)
@@ -310,6 +399,13 @@ def main():
         'restart_needed': bool(env_changed or config_changed or wrapper_changed),
         'config': os.path.join(p['conf_dir'], 'envoy.json'),
     }
+    if wanted:
+        result.update((k, v) for k, v in switched.items() if k != 'changed')
+        result['changed'] = result['changed'] or switched['changed']
+        if switched['active_version'] != switched['previous_version'] or switched['removed_versions']:
+            after = 'active: %s\nremoved: %s\n' % (switched['active_version'], ', '.join(switched['removed_versions']))
+            inst.diffs.insert(0, {'before_header': 'Envoy versions', 'after_header': 'Envoy versions',
+                                  'before': 'active: %s\n' % switched['previous_version'], 'after': after})
     if module._diff and inst.diffs:
         result['diff'] = inst.diffs
     module.exit_json(**result)

@@ -103,7 +103,9 @@ down() {
   local ids
   ids="$(podman ps -aq --filter label=fleetmesh-lab)"
   # shellcheck disable=SC2086 # one container id per word
-  [ -z "$ids" ] || podman rm -f -t 0 $ids >/dev/null
+  # a container left by a run in another mount namespace (a CI clone) can fail the first removal with
+  # "timed out waiting for file /run/libpod/exits/...": the second attempt finds it exited and removes it
+  [ -z "$ids" ] || podman rm -f -t 0 $ids >/dev/null 2>&1 || podman rm -f -t 0 $ids >/dev/null
   podman network exists "$net" && podman network rm -f "$net" >/dev/null
   rm -f "$inv_extra"
   echo "lab: down (no lab containers or network left)"
