@@ -391,6 +391,7 @@ class KubeAPI:
         self._popen: list[subprocess.Popen[bytes]] = []
         self._http: _Http | None = None
         self._discovery: dict[str, dict[str, tuple[str, bool]]] = {}
+        self._apiserver_argv: list[str] = []
         self._atexit = False
 
     # -- public attributes -------------------------------------------------------------------------
@@ -489,28 +490,26 @@ class KubeAPI:
         self.timings["etcd"] = time.monotonic() - t0
         t1 = time.monotonic()
         pki = self.pki_dir
-        self._spawn(
-            "kube-apiserver",
-            [
-                str(self.bin_dir / "kube-apiserver"),
-                f"--etcd-servers={client}",
-                f"--bind-address={_LOCALHOST}",
-                f"--advertise-address={_LOCALHOST}",
-                f"--secure-port={self.port}",
-                f"--cert-dir={pki}",
-                f"--tls-cert-file={pki / 'apiserver.crt'}",
-                f"--tls-private-key-file={pki / 'apiserver.key'}",
-                f"--client-ca-file={pki / 'ca.crt'}",
-                "--anonymous-auth=false",
-                "--authorization-mode=RBAC",
-                f"--service-account-issuer={SA_ISSUER}",
-                f"--service-account-key-file={pki / 'sa.pub'}",
-                f"--service-account-signing-key-file={pki / 'sa.key'}",
-                f"--api-audiences={','.join(API_AUDIENCES)}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--profiling=false",
-            ],
-        )
+        self._apiserver_argv = [
+            str(self.bin_dir / "kube-apiserver"),
+            f"--etcd-servers={client}",
+            f"--bind-address={_LOCALHOST}",
+            f"--advertise-address={_LOCALHOST}",
+            f"--secure-port={self.port}",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--anonymous-auth=false",
+            "--authorization-mode=RBAC",
+            f"--service-account-issuer={SA_ISSUER}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--api-audiences={','.join(API_AUDIENCES)}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--profiling=false",
+        ]
+        self._spawn("kube-apiserver", self._apiserver_argv)
         _wait(
             "kube-apiserver /readyz",
             lambda: self._check_alive("kube-apiserver") and self._ready(),
@@ -518,6 +517,23 @@ class KubeAPI:
             interval=0.2,
         )
         self.timings["apiserver"] = time.monotonic() - t1
+
+    # -- an outage -----------------------------------------------------------------------------------
+
+    def stop_apiserver(self) -> None:
+        """Take kube-apiserver away, as an outage would: etcd, the data and the port stay."""
+        info = self._procs.pop("kube-apiserver", None)
+        if info:
+            _kill_group(int(info["pgid"]))
+
+    def start_apiserver(self) -> None:
+        """Bring kube-apiserver back on the same port, over the same etcd (after :meth:`stop_apiserver`)."""
+        if "kube-apiserver" in self._procs:
+            return
+        self._http = None
+        self._spawn("kube-apiserver", self._apiserver_argv)
+        _wait("kube-apiserver /readyz", lambda: self._check_alive("kube-apiserver") and self._ready_quietly(),
+              self.startup_timeout, interval=0.2)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log_path = self.state_dir / f"{name}.log"
