@@ -1,0 +1,112 @@
+"""onboard.yml and decommission.yml on the embedded lab with a real kube-apiserver (issue 8).
+
+- Re-running onboard.yml (certificates, Envoy, registration) reports changed=0 on every host.
+- decommission.yml removes the VM from Kubernetes first, then drains it, then removes it from the host: the
+  test watches the API server and the VM's listener from the controller while the play runs, and the
+  WorkloadEntry is gone before the VM stops answering. The other VMs stay registered and serving.
+
+The API server is this module's own (tests/harness/kubeapi.py), so other tests' registrations do not mix in.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import kubeapi  # tests/harness is put on sys.path by conftest.py
+import pytest
+from kubeapi_pytest import require_kube_binaries
+
+from tests.integration.labutil import LAB_HOSTS, extra, get, lab_up, on_hosts, playbook
+
+pytestmark = [pytest.mark.lab, pytest.mark.kube, pytest.mark.slow]
+NS = "fleet-lab"  # inventories/lab/group_vars/web.yml
+VICTIM = "fm-deb-2"
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    require_kube_binaries()
+    server = kubeapi.KubeAPI(tmp_path_factory.mktemp("kube"))
+    server.start()
+    try:
+        server.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def onboard_vars(api, tmp_path_factory) -> dict:
+    return {"target": "lab", "fleetmesh_kubeconfig": str(api.registrar_kubeconfig),
+            "mesh_registration_shapes": ["workloadentry"],
+            "workload_certs_lab_ca_dir": str(Path(tmp_path_factory.mktemp("lab-ca")) / "ca"),
+            "workload_certs_owner_create": True}
+
+
+def registered(api: kubeapi.KubeAPI) -> set[str]:
+    path = api.resource_path("networking.istio.io/v1", "WorkloadEntry", None, NS)
+    status, body = api.request("GET", path + "?labelSelector=app.kubernetes.io/managed-by=fleetmesh.envoy")
+    assert status == 200, body
+    return {i["metadata"]["annotations"]["fleetmesh.envoy/host"] for i in body["items"]}
+
+
+def test_onboard_rerun_reports_changed_0(api, onboard_vars):
+    lab_up(3)
+    assert playbook("lab_app.yml").rc == 0
+    first = playbook("onboard.yml", *extra(**onboard_vars))
+    assert first.rc == 0, first.out[-6000:]
+    assert registered(api) == set(LAB_HOSTS)
+    again = playbook("onboard.yml", *extra(**onboard_vars))
+    assert again.rc == 0, again.out[-6000:]
+    assert set(again.recap) >= set(LAB_HOSTS)
+    assert {h: r["changed"] for h, r in again.recap.items()} == {h: 0 for h in again.recap}, again.out[-6000:]
+    for ip in LAB_HOSTS.values():
+        assert get(f"http://{ip}:10000/")[0] == 200, ip
+
+
+def test_decommission_deregisters_then_drains_then_removes(api, onboard_vars):
+    assert registered(api) == set(LAB_HOSTS), "needs the onboarded lab of the test before"
+    url = f"http://{LAB_HOSTS[VICTIM]}:10000/"
+    seen: dict[str, float] = {}
+    done = threading.Event()
+
+    def watch_api():
+        while not done.is_set():
+            if VICTIM not in registered(api):
+                seen.setdefault("deregistered", time.monotonic())
+                return
+            time.sleep(0.05)
+
+    def watch_listener():
+        while not done.is_set():
+            if get(url, timeout=1.0)[0] != 200:
+                seen.setdefault("stopped_serving", time.monotonic())
+                return
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (watch_api, watch_listener)]
+    for t in threads:
+        t.start()
+    run = playbook("decommission.yml", "--limit", VICTIM, *extra(**onboard_vars))
+    done.set()
+    for t in threads:
+        t.join()
+    assert run.rc == 0, run.out[-6000:]
+    assert set(seen) == {"deregistered", "stopped_serving"}, seen
+    assert seen["deregistered"] < seen["stopped_serving"], f"the VM stopped serving before it left Kubernetes: {seen}"
+
+    assert registered(api) == set(LAB_HOSTS) - {VICTIM}
+    leftovers = on_hosts("ls -d /opt/fleetmesh/envoy /etc/fleetmesh/envoy /etc/systemd/system/fleetmesh-envoy@.service "
+                         "/etc/certs/key.pem /etc/certs/cert-chain.pem 2>/dev/null; "
+                         "systemctl list-units --all --no-legend 'fleetmesh-envoy@*' | wc -l", VICTIM)[VICTIM]
+    assert leftovers.split() == ["0"], leftovers
+    for host, ip in LAB_HOSTS.items():
+        if host != VICTIM:
+            assert get(f"http://{ip}:10000/")[0] == 200, host
+
+    # back into the mesh, for the tests after this one
+    back = playbook("onboard.yml", "--limit", VICTIM, *extra(**onboard_vars))
+    assert back.rc == 0, back.out[-6000:]
+    assert registered(api) == set(LAB_HOSTS)
