@@ -21,6 +21,7 @@ def _ok(run, what):
 def run() -> bool:
     rows = []
     with tempfile.TemporaryDirectory(prefix="fm-bench-onboard-") as tmp, KubeAPI(Path(tmp) / "kube") as api:
+        api.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "fleet-lab"}}])  # group_vars/web.yml
         args = extra(fleetmesh_kubeconfig=str(api.registrar_kubeconfig), workload_certs_lab_ca_dir=f"{tmp}/ca",
                      target="lab")
         for n in (3, 6, 12):

@@ -50,7 +50,7 @@ write_inventory() { # the committed hosts.yml names the default 3; more VMs go i
       echo "    lab_$fam:"
       echo "      hosts:"
       names_for "$n" | while read -r name ip f; do
-        [ "$f" = "$fam" ] && printf '        %s:\n          ansible_host: %s\n' "$name" "$ip"
+        if [ "$f" = "$fam" ]; then printf '        %s:\n          ansible_host: %s\n' "$name" "$ip"; fi
       done
     done
   } > "$inv_extra"
