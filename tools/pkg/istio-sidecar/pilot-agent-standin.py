@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # FLEETMESH STAND-IN for Istio's pilot-agent. NOT ISTIO. build.sh packages this file as
 # /usr/local/bin/pilot-agent only when the real pilot-agent could not be built from the
 # istio.io/istio Go module (it says so in its output and in BUILDINFO next to the packages).
@@ -48,7 +47,7 @@ def not_ready_reason():
     if missing:
         return "missing or unreadable: " + ", ".join(missing)
     address = discovery_address()
-    host, _, port = address.rpartition(":")
+    host, port = (address.rsplit(":", 1) + [""])[:2]
     try:
         socket.create_connection((host, int(port)), timeout=2).close()
     except (OSError, ValueError) as err:

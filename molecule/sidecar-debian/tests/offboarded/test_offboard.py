@@ -96,3 +96,22 @@ def test_bad_input_fails_before_any_change(host, before, case):
         assert word in run.out, run.out[-3000:]
     assert run.changed == 0, run.recap
     assert_as_before(host, before)
+
+
+def test_certificates_of_another_owner_in_etc_certs_stop_before_any_change(host, before):
+    """/etc/certs is istio-proxy's alone: files another role wrote there (workload_certs for Envoy, owner envoy) are
+    not taken over, or the two roles would change each other's owners on every run."""
+    with host.sudo():
+        host.run_expect([0], "install -d -m 0755 /etc/certs && install -m 0600 /dev/null /etc/certs/key.pem && "
+                             "chown nobody /etc/certs/key.pem")
+    try:
+        run = ansible_playbook(SIDECAR, sidecar_vars())
+    finally:
+        with host.sudo():
+            host.run_expect([0], "rm -rf /etc/certs")
+    assert run.rc != 0, run.out[-3000:]
+    for word in ('istio_sidecar_certs_dir: "/etc/certs" holds key.pem owned by nobody, not istio-proxy',
+                 "workload_certs_dir=/etc/fleetmesh/workload-certs", "Nothing was changed"):
+        assert word in " ".join(run.out.split()), run.out[-3000:]
+    assert run.changed == 0, run.recap
+    assert_as_before(host, before)

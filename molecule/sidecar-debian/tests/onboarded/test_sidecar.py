@@ -129,7 +129,7 @@ def test_cluster_env_values_with_spaces_quotes_and_dollar(snap, name):
 
 def test_cluster_env_is_single_quoted_like_istioctl(snap):
     for line in snap["cluster_env_text"].splitlines():
-        name, _, value = line.partition("=")
+        name, value = line.split("=", 1)
         assert value.startswith("'") and value.endswith("'"), line
         assert shlex.split(value) == [str(CLUSTER_ENV[name])]
 
