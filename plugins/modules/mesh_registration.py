@@ -87,6 +87,38 @@ options:
             from them without health checks.
         type: bool
         default: true
+      host_info:
+        description:
+          - How Ansible reaches the VM and which Envoy version it runs, recorded for the
+            P(fleetmesh.envoy.workloads#inventory) inventory in the annotation C(fleetmesh.envoy/host-info) (a JSON
+            object on the VM's WorkloadEntry; a JSON object of them by host on ServiceEntries and EndpointSlices).
+            That inventory gives them back as C(ansible_host), C(ansible_port), C(ansible_user) and
+            C(fleetmesh_envoy_version), and groups hosts by Envoy version (C(envoy_1_40_0)).
+          - Only the keys that are set are recorded; nothing else is accepted, so passwords, keys and tokens are
+            never written to Kubernetes.
+          - The role C(fleetmesh.envoy.mesh_registration) fills it from each host's C(ansible_host) (default
+            C(inventory_hostname)), C(ansible_port), C(ansible_user) and C(envoy_version) (else
+            C(fleetmesh_envoy_version), the version that inventory read back).
+          - Left off a ServiceEntry or EndpointSlice (with a warning) whose annotations would pass 192 KiB; use the
+            V(workloadentry) shape, or a smaller O(max_endpoints_per_slice), for such services.
+        type: dict
+        suboptions:
+          ansible_host:
+            description:
+              - Host name or address Ansible connects to (C(ansible_host)), without spaces, at most 253 characters.
+            type: str
+          ansible_port:
+            description:
+              - Port Ansible connects to (C(ansible_port)), 1-65535.
+            type: int
+          ansible_user:
+            description:
+              - User Ansible connects as (C(ansible_user)), without spaces, at most 253 characters.
+            type: str
+          envoy_version:
+            description:
+              - Envoy version the VM runs (C(envoy_version)), V(X.Y.Z) such as V(1.40.0).
+            type: str
   endpoints_json:
     description:
       - O(endpoints) as JSON text, a list of the same mappings, for large fleets. Ansible templates one string far
@@ -252,6 +284,10 @@ EXAMPLES = r"""
         service_account: reviews
         network: vm-network
         locality: us-east/zone-a
+        host_info:
+          ansible_host: vm-1.example.com
+          ansible_user: fleetadmin
+          envoy_version: "1.40.0"
       - host: vm-2
         address: 192.0.2.11
         service: reviews
@@ -372,6 +408,12 @@ def argument_spec():
             network=dict(type='str'),
             service_account=dict(type='str'),
             healthy=dict(type='bool', default=True),
+            host_info=dict(type='dict', options=dict(
+                ansible_host=dict(type='str'),
+                ansible_port=dict(type='int'),
+                ansible_user=dict(type='str'),
+                envoy_version=dict(type='str'),
+            )),
         )),
         endpoints_json=dict(type='str'),
         state=dict(type='str', choices=['present', 'absent'], default='present'),
@@ -434,6 +476,8 @@ def main():
             module.warn(warning)
         plan = reg.plan(cfg, api_versions, live)
         result['mode'] = plan.mode
+        for warning in reg.host_info_warnings(cfg, plan.desired):
+            module.warn(warning)
         # 4. Apply what differs, delete what is no longer desired.
         outcome = k8s.reconcile(client, resources, plan.desired, live, plan.delete, plan.prune_all,
                                 cfg.registration, force=params['force'], adopt=params['adopt'],

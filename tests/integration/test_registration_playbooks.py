@@ -181,8 +181,8 @@ def test_role_complete_run_limit_run_decommission_and_inventory_removal(kube_api
 
 
 def test_role_names_the_host_and_variable_of_bad_input(kube_api, ns, tmp_path):
-    hosts = {"vm-1": {"fleetmesh_address": "192.0.2.1"}, "vm-2": {"fleetmesh_address": "192.0.2.999"},
-             "vm-3": {}}
+    hosts = {"vm-1": {"fleetmesh_address": "192.0.2.1", "ansible_port": 70000, "envoy_version": "1.40"},
+             "vm-2": {"fleetmesh_address": "192.0.2.999"}, "vm-3": {}}
     inv = _inventory(tmp_path, kube_api, ns, hosts)
     play = [{"name": "register", "hosts": "web", "gather_facts": False,
              "roles": [{"role": "fleetmesh.envoy.mesh_registration", "mesh_registration_group": "web"}]}]
@@ -194,4 +194,49 @@ def test_role_names_the_host_and_variable_of_bad_input(kube_api, ns, tmp_path):
     assert 'fleetmesh_address of host vm-2): "192.0.2.999" is not a valid IP address' in result["msg"]
     assert "endpoints[2].address (fleetmesh_address of host vm-3): is not set" in result["msg"]  # sorted hosts
     assert "gather facts" in result["msg"]
+    assert ("endpoints[0].host_info.ansible_port (ansible_port of host vm-1): 70000 is not a valid port; "
+            "allowed: integer 1-65535") in result["msg"]
+    assert ('endpoints[0].host_info.envoy_version (envoy_version of host vm-1): "1.40" is not a valid version; '
+            "allowed: version X.Y.Z") in result["msg"]
     assert owned(kube_api, ns, "networking.istio.io/v1", "WorkloadEntry") == {}
+
+
+def test_role_records_host_info_and_a_version_given_to_the_role_wins_for_every_host(kube_api, ns, tmp_path):
+    """As upgrade.yml marks a batch ready: include_role with envoy_version, which is not in hostvars."""
+    hosts = {"vm-1": {"fleetmesh_address": "192.0.2.1", "ansible_host": "vm-1.example.com", "ansible_port": 2222,
+                      "ansible_user": "ops", "ansible_password": "s3cret", "envoy_version": "1.39.3"},
+             "vm-2": {"fleetmesh_address": "192.0.2.2", "envoy_version": "1.39.2"},
+             # as read back by the workloads inventory, without envoy_version: the recorded version is kept
+             "vm-3": {"fleetmesh_address": "192.0.2.3", "fleetmesh_envoy_version": "1.38.0"}}
+    inv = _inventory(tmp_path, kube_api, ns, hosts)
+    include = {"name": "Register", "ansible.builtin.include_role": {"name": "fleetmesh.envoy.mesh_registration"},
+               "vars": {"mesh_registration_group": "web"}}
+    upgrade = dict(include, vars={"mesh_registration_group": "web", "envoy_version": "{{ upgrade_to }}"})
+    play = [{"name": "register", "hosts": "web", "gather_facts": False, "tasks": [include]},
+            {"name": "upgraded", "hosts": "web", "gather_facts": False, "vars": {"upgrade_to": "1.40.0"},
+             "tasks": [upgrade]}]
+    path = tmp_path / "upgrade-like.yml"
+    path.write_text(yaml.safe_dump(play))
+    task = "Register the play's VMs in Kubernetes"
+
+    def infos():
+        wes = owned(kube_api, ns, "networking.istio.io/v1", "WorkloadEntry")
+        return {name: json.loads(we["metadata"]["annotations"]["fleetmesh.envoy/host-info"])
+                for name, we in wes.items()}
+
+    path.write_text(yaml.safe_dump(play[:1]))
+    _proc, out = playbook([str(path), "-i", str(inv)], tmp_path)
+    assert task_result(out, task)["changed"]
+    assert infos() == {
+        "web-vm-1": {"ansible_host": "vm-1.example.com", "ansible_port": 2222, "ansible_user": "ops",
+                     "envoy_version": "1.39.3"},
+        "web-vm-2": {"ansible_host": "vm-2", "envoy_version": "1.39.2"},  # default: inventory_hostname
+        "web-vm-3": {"ansible_host": "vm-3", "envoy_version": "1.38.0"}}
+    assert "s3cret" not in json.dumps(owned(kube_api, ns, "networking.istio.io/v1", "WorkloadEntry"))
+    _proc, out = playbook([str(path), "-i", str(inv)], tmp_path)
+    assert task_result(out, task)["changed"] is False
+
+    path.write_text(yaml.safe_dump(play))
+    _proc, out = playbook([str(path), "-i", str(inv)], tmp_path)
+    assert {i["envoy_version"] for i in infos().values()} == {"1.40.0"}
+    assert task_result(out, task)["changed"]  # the second play's run, after the first put 1.39.x back

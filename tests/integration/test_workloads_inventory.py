@@ -1,7 +1,8 @@
 """fleetmesh.envoy.workloads against the real kube-apiserver: the lab VMs registered by playbooks/register.yml
 (from inventories/lab, as the registrar) are exactly what `ansible-inventory --graph` lists, grouped as
-configured; a VM removed with playbooks/deregister.yml disappears. The VMs themselves are not contacted
-(inventories/lab sets fleetmesh_address), so the lab need not be running."""
+configured, by Envoy version too, with the connection details the registration recorded
+(fleetmesh.envoy/host-info); a VM removed with playbooks/deregister.yml disappears. The VMs themselves are not
+contacted (inventories/lab sets fleetmesh_address), so the lab need not be running."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import kubeapi  # tests/harness is put on sys.path by conftest.py
 import pytest
 import yaml
 
-from tests.integration.labutil import LAB_HOSTS, env, extra
+from tests.integration.labutil import LAB_HOSTS, RECAP, env, extra
 
 pytestmark = pytest.mark.kube
 
@@ -63,9 +64,12 @@ def registration(kube_api: kubeapi.KubeAPI, tmp_path: Path) -> dict[str, Any]:
 
 
 def register(reg: dict[str, Any], shapes: list[str], *args: str, playbook: str = "register.yml"):
-    return ansible(["ansible-playbook", "-i", "inventories/lab", f"playbooks/{playbook}", *args,
+    """Returns host -> changed count of the play recap."""
+    # hosts.yml, not the directory: the three LAB_HOSTS even while `lab.sh up N` has added generated_hosts.yml.
+    proc = ansible(["ansible-playbook", "-i", "inventories/lab/hosts.yml", f"playbooks/{playbook}", *args,
                     *extra(fleetmesh_kubeconfig=reg["kubeconfig"], fleetmesh_namespace=reg["ns"],
                            mesh_registration_set=reg["set"], mesh_registration_shapes=shapes)])
+    return {m[0]: int(m[2]) for m in RECAP.findall(proc.stdout)}
 
 
 def plugin_config(tmp_path: Path, reg: dict[str, Any], **options: Any) -> Path:
@@ -77,36 +81,51 @@ def plugin_config(tmp_path: Path, reg: dict[str, Any], **options: Any) -> Path:
 
 def test_graph_lists_exactly_the_registered_lab_vms_and_forgets_a_deregistered_one(registration, kube_api, tmp_path):
     reg = registration
-    register(reg, ["workloadentry", "serviceentry"])
+    shapes = ["workloadentry", "serviceentry"]
+    # The lab inventory sets no envoy_version: as an extra var here, as upgrade.yml gives it to the role.
+    assert any(register(reg, shapes, *extra(envoy_version="1.39.3")).values())
+    assert register(reg, shapes, *extra(envoy_version="1.39.3")) == dict.fromkeys(LAB_HOSTS, 0)  # idempotent
     config = plugin_config(tmp_path, reg,
                            keyed_groups=[{"key": "fleetmesh_service", "prefix": "", "separator": ""},
                                          {"key": "fleetmesh_labels.version", "prefix": "version"}],
-                           groups={"lab_el": "inventory_hostname.startswith('fm-el-')"},
-                           compose={"ansible_user": "'fleetadmin'"})
+                           groups={"lab_el": "inventory_hostname.startswith('fm-el-')"})
     groups = graph(config)
     ns_group = "namespace_" + reg["ns"].replace("-", "_")
     assert hosts_of(groups) == set(LAB_HOSTS)
-    for group in ("service_web", ns_group, "network_lab_network", "web", "version_v1"):
+    for group in ("service_web", ns_group, "network_lab_network", "web", "version_v1", "envoy_1_39_3"):
         assert groups.get(group) == set(LAB_HOSTS), (group, groups)
     assert groups["lab_el"] == {"fm-el-1"}
-    assert not [g for g in groups if g.startswith("envoy_")]  # no version recorded by the registration
 
+    # Connection details come from the registration (fleetmesh.envoy/host-info), not from compose.
     data = json.loads(ansible(["ansible-inventory", "-i", str(config), "--list"]).stdout)
     hostvars = data["_meta"]["hostvars"]
     for host, address in LAB_HOSTS.items():
         hv = hostvars[host]
         assert (hv["ansible_host"], hv["fleetmesh_address"], hv["ansible_user"]) == (address, address, "fleetadmin")
+        assert hv["fleetmesh_envoy_version"] == "1.39.3" and "ansible_port" not in hv
+        assert not {k for k in hv if "pass" in k or "key" in k or "token" in k}
         assert (hv["fleetmesh_service"], hv["fleetmesh_namespace"], hv["fleetmesh_registration"]) == \
             ("web", reg["ns"], reg["set"])
         assert hv["fleetmesh_ports"] == {"http": 8080} and hv["fleetmesh_labels"]["version"] == "v1"
         assert sorted(o.split()[0] for o in hv["fleetmesh_registered_objects"]) == ["ServiceEntry", "WorkloadEntry"]
 
-    # An Envoy version recorded on a WorkloadEntry (as the registration would record it) makes a group.
     path = kube_api.resource_path("networking.istio.io/v1", "WorkloadEntry", "web-fm-deb-1", reg["ns"])
-    patch = {"metadata": {"labels": {"fleetmesh.envoy/envoy-version": "1.40.0"}}}
-    status, body = kube_api.request("PATCH", path, body=patch, content_type="application/merge-patch+json")
+    status, body = kube_api.request("GET", path)
     assert status == 200, body
-    assert graph(config)["envoy_1_40_0"] == {"fm-deb-1"}
+    assert json.loads(body["metadata"]["annotations"]["fleetmesh.envoy/host-info"]) == {
+        "ansible_host": LAB_HOSTS["fm-deb-1"], "ansible_user": "fleetadmin", "envoy_version": "1.39.3"}
+
+    # One VM upgraded (a --limit run, as upgrade.yml marks its batch ready): it moves to the new version's group,
+    # the others keep theirs, in the ServiceEntry too.
+    register(reg, shapes, "--limit", "fm-deb-1", *extra(envoy_version="1.40.0"))
+    groups = graph(config)
+    assert groups["envoy_1_40_0"] == {"fm-deb-1"}
+    assert groups["envoy_1_39_3"] == {"fm-deb-2", "fm-el-1"}
+    se_path = kube_api.resource_path("networking.istio.io/v1", "ServiceEntry", "web", reg["ns"])
+    status, body = kube_api.request("GET", se_path)
+    infos = json.loads(body["metadata"]["annotations"]["fleetmesh.envoy/host-info"])
+    assert {h: i["envoy_version"] for h, i in infos.items()} == {
+        "fm-deb-1": "1.40.0", "fm-deb-2": "1.39.3", "fm-el-1": "1.39.3"}
 
     # Deregister one VM: it disappears, from the WorkloadEntries and from the ServiceEntry alike.
     register(reg, ["workloadentry", "serviceentry"], "--limit", "fm-deb-2", playbook="deregister.yml")
@@ -117,13 +136,19 @@ def test_graph_lists_exactly_the_registered_lab_vms_and_forgets_a_deregistered_o
 
 def test_endpointslice_shape_keeps_not_ready_vms_and_other_sets_stay_out(registration, kube_api, tmp_path):
     reg = registration
-    register(reg, ["endpointslice"])
+    register(reg, ["endpointslice"], *extra(envoy_version="1.40.0"))
     register(reg, ["endpointslice"], "--limit", "fm-el-1", *extra(mesh_registration_healthy=False))
-    config = plugin_config(tmp_path, reg, groups={"not_ready": "not fleetmesh_ready"}, group_by=["registration"])
+    config = plugin_config(tmp_path, reg, groups={"not_ready": "not fleetmesh_ready"},
+                           group_by=["registration", "envoy_version"])
     groups = graph(config)
     assert hosts_of(groups) == set(LAB_HOSTS)
     assert groups["not_ready"] == {"fm-el-1"}
     assert groups["registration_" + reg["set"].replace("-", "_")] == set(LAB_HOSTS)
+    # fm-el-1 was re-registered without envoy_version: its version is no longer recorded.
+    assert groups["envoy_1_40_0"] == {"fm-deb-1", "fm-deb-2"}
+    hostvars = json.loads(ansible(["ansible-inventory", "-i", str(config), "--list"]).stdout)["_meta"]["hostvars"]
+    assert {h: (hv["ansible_host"], hv["ansible_user"]) for h, hv in hostvars.items()} == {
+        h: (address, "fleetadmin") for h, address in LAB_HOSTS.items()}
 
     # Another registration set in the same namespace is not listed with this set's configuration,
     # and objects without the ownership labels never are.

@@ -311,3 +311,138 @@ def test_endpoints_as_json_text_are_checked_the_same_way():
     assert errors and errors[0].startswith("endpoints_json: is not valid JSON")
     _config, errors = reg.normalize({"endpoints_json": json.dumps([ep("vm-1", "192.0.2.1", adress="x")])})
     assert any('endpoints[0] (host vm-1): "adress" is not a known field' in e for e in errors), errors
+
+
+# -- host-info: connection details and Envoy version for the workloads inventory ---------------
+
+INFO = {"ansible_host": "vm-1.example.com", "ansible_port": "2222", "ansible_user": "fleetadmin",
+        "envoy_version": "1.40.0"}
+
+
+def test_host_info_is_recorded_on_workload_entries_with_only_the_keys_set():
+    config = cfg([ep("vm-1", "192.0.2.1", host_info=INFO),
+                  ep("vm-2", "192.0.2.2", host_info={"ansible_host": "192.0.2.2", "ansible_port": None,
+                                                     "ansible_user": "", "envoy_version": "1.39.3"}),
+                  ep("vm-3", "192.0.2.3"), ep("vm-4", "192.0.2.4", host_info={})])
+    objs = by_key(reg.build_full(config, API))
+    annotations = {k[2]: o["metadata"]["annotations"] for k, o in objs.items() if k[0] == "WorkloadEntry"}
+    assert annotations["reviews-vm-1"] == {
+        "fleetmesh.envoy/host": "vm-1",
+        "fleetmesh.envoy/host-info": '{"ansible_host":"vm-1.example.com","ansible_port":2222,'
+                                     '"ansible_user":"fleetadmin","envoy_version":"1.40.0"}'}
+    assert json.loads(annotations["reviews-vm-2"]["fleetmesh.envoy/host-info"]) == {
+        "ansible_host": "192.0.2.2", "envoy_version": "1.39.3"}
+    assert annotations["reviews-vm-3"] == {"fleetmesh.envoy/host": "vm-3"}
+    assert annotations["reviews-vm-4"] == {"fleetmesh.envoy/host": "vm-4"}
+
+
+@pytest.mark.parametrize(
+    ("info", "expected"),
+    [
+        ({"ansible_port": 70000},
+         "endpoints[0].host_info.ansible_port (ansible_port of host vm-1): 70000 is not a valid port; "
+         "allowed: integer 1-65535"),
+        ({"ansible_port": True}, "host_info.ansible_port (ansible_port of host vm-1): true is not a valid port"),
+        ({"envoy_version": "1.40"},
+         'endpoints[0].host_info.envoy_version (envoy_version of host vm-1): "1.40" is not a valid version; '
+         "allowed: version X.Y.Z"),
+        ({"envoy_version": 1.4}, "host_info.envoy_version (envoy_version of host vm-1): 1.4 is not a valid version"),
+        ({"ansible_user": "fleet admin"},
+         'endpoints[0].host_info.ansible_user (ansible_user of host vm-1): "fleet admin" is not allowed; '
+         "allowed: a non-empty string without spaces"),
+        ({"ansible_host": ["a"]}, 'host_info.ansible_host (ansible_host of host vm-1): ["a"] is not allowed'),
+        ("vm-1:22", 'endpoints[0].host_info (ansible_host, ansible_port, ansible_user and envoy_version of host '
+                    'vm-1): "vm-1:22" is not a mapping'),
+    ],
+)
+def test_bad_host_info_names_variable_host_value_and_what_is_allowed(info, expected):
+    errors = errors_of([ep("vm-1", "192.0.2.1", host_info=info)])
+    assert any(expected in e for e in errors), errors
+    assert all("; allowed: " in e for e in errors), errors
+
+
+def test_host_info_refuses_secrets_without_showing_them():
+    errors = errors_of([ep("vm-1", "192.0.2.1", host_info={"ansible_password": "s3cret", "ansible_user": "u"})])
+    assert len(errors) == 1, errors
+    assert 'endpoints[0].host_info of host vm-1: "ansible_password" is not a known field' in errors[0]
+    assert "s3cret" not in errors[0] and "never passwords" in errors[0]
+
+
+def test_host_info_on_service_entries_and_slices_by_host_for_the_hosts_of_each_object():
+    eps = [ep(f"vm-{i}", f"192.0.2.{i}", host_info={"ansible_host": f"192.0.2.{i}", "envoy_version": "1.40.0"})
+           for i in range(1, 4)]
+    eps[1] = dict(eps[1], healthy=False)
+    eps.append(ep("vm-4", "192.0.2.4"))  # no host_info: not in the annotation
+    se = by_key(reg.build_full(cfg(eps, shapes=["serviceentry"]), API))[("ServiceEntry", "bookinfo", "reviews")]
+    infos = json.loads(se["metadata"]["annotations"]["fleetmesh.envoy/host-info"])
+    assert infos == {"vm-1": {"ansible_host": "192.0.2.1", "envoy_version": "1.40.0"},
+                     "vm-3": {"ansible_host": "192.0.2.3", "envoy_version": "1.40.0"}}  # vm-2 not ready: left out
+    slices = by_key(reg.build_full(cfg(eps, shapes=["endpointslice"], max_endpoints_per_slice=2), API))
+    first = json.loads(slices[("EndpointSlice", "bookinfo", "reviews-ipv4-0")]["metadata"]["annotations"]
+                       ["fleetmesh.envoy/host-info"])
+    assert set(first) == {"vm-1", "vm-2"}  # not-ready hosts stay in slices, with their host-info
+    second = slices[("EndpointSlice", "bookinfo", "reviews-ipv4-1")]["metadata"]["annotations"]
+    assert json.loads(second["fleetmesh.envoy/hosts"]) == {"vm-3": "192.0.2.3", "vm-4": "192.0.2.4"}
+    assert set(json.loads(second["fleetmesh.envoy/host-info"])) == {"vm-3"}
+
+
+@pytest.mark.parametrize("shapes", [["serviceentry"], ["endpointslice"]])
+def test_partial_run_keeps_other_hosts_host_info_and_replaces_the_given_hosts(shapes):
+    def info(version):
+        return {"ansible_host": "h", "ansible_user": "fleetadmin", "envoy_version": version}
+
+    everyone = [ep(f"vm-{i}", f"192.0.2.{i}", host_info=info("1.39.3")) for i in range(1, 4)]
+    live = _live(reg.build_full(cfg(everyone, shapes=shapes), API))
+    upgraded = [ep("vm-2", "192.0.2.2", host_info=info("1.40.0"))]
+    plan = reg.plan(cfg(upgraded, shapes=shapes, prune=False), API, live)
+    (agg,) = [o for o in plan.desired if o["kind"] in ("ServiceEntry", "EndpointSlice")]
+    infos = json.loads(agg["metadata"]["annotations"]["fleetmesh.envoy/host-info"])
+    assert {h: i["envoy_version"] for h, i in infos.items()} == {"vm-1": "1.39.3", "vm-2": "1.40.0", "vm-3": "1.39.3"}
+    # The same desired state gives the same object, in a partial run as in a complete one (no flapping).
+    full = by_key(reg.build_full(cfg([everyone[0], upgraded[0], everyone[2]], shapes=shapes), API))
+    assert agg == full[reg.obj_key(agg)]
+    # Removing a host removes its host-info; the others' stays.
+    plan = reg.plan(cfg([{"host": "vm-3"}], shapes=shapes, state="absent"), API, live)
+    (agg,) = [o for o in plan.desired if o["kind"] in ("ServiceEntry", "EndpointSlice")]
+    assert set(json.loads(agg["metadata"]["annotations"]["fleetmesh.envoy/host-info"])) == {"vm-1", "vm-2"}
+
+
+def test_host_infos_read_back_and_broken_annotations_are_ignored():
+    config = cfg([ep("vm-1", "192.0.2.1", host_info=INFO)], shapes=["workloadentry", "serviceentry"])
+    for obj in reg.build_full(config, API):
+        if obj["kind"] in ("WorkloadEntry", "ServiceEntry"):
+            assert reg.host_infos_of(obj) == {"vm-1": dict(INFO, ansible_port=2222)}
+    broken = {"kind": "ServiceEntry", "metadata": {"annotations": {"fleetmesh.envoy/host-info": "{"}}}
+    assert reg.host_infos_of(broken) == {}
+
+
+def test_host_info_too_large_for_one_object_is_left_off_with_a_warning():
+    info = {"ansible_host": "x" * 200, "ansible_user": "fleetadmin", "envoy_version": "1.40.0"}
+    eps = [ep(f"vm-{i:04d}", f"10.0.{i >> 8}.{i & 255}", host_info=info) for i in range(1200)]
+    config = cfg(eps, shapes=["serviceentry"])
+    (se,) = reg.build_full(config, API)
+    assert "fleetmesh.envoy/host-info" not in se["metadata"]["annotations"]
+    assert len(json.loads(se["metadata"]["annotations"]["fleetmesh.envoy/hosts"])) == 1200
+    (warning,) = reg.host_info_warnings(config, [se])
+    assert warning.startswith("ServiceEntry bookinfo/reviews: the fleetmesh.envoy/host-info annotation")
+    small = cfg(eps[:10], shapes=["serviceentry"])
+    assert reg.host_info_warnings(small, reg.build_full(small, API)) == []
+
+
+@pytest.mark.parametrize("shapes", [["workloadentry"], ["serviceentry"], ["endpointslice"]])
+def test_host_info_reads_back_through_the_workloads_inventory(shapes):
+    from ansible_collections.fleetmesh.envoy.plugins.inventory import workloads
+
+    eps = [ep("vm-1", "192.0.2.1", host_info=INFO),
+           ep("vm-2", "192.0.2.2", host_info={"ansible_host": "192.0.2.2", "envoy_version": "1.39.3"}),
+           ep("vm-3", "192.0.2.3")]
+    records = [r for obj in reg.build_full(cfg(eps, shapes=shapes), API) for r in workloads.records_from(obj)]
+    hosts, warnings = workloads.merge_records(records)
+    hostvars = {r["host"]: workloads.host_vars(r) for r in hosts}
+    assert warnings == [] and set(hostvars) == {"vm-1", "vm-2", "vm-3"}
+    keys = ("ansible_host", "ansible_port", "ansible_user", "fleetmesh_envoy_version")
+    assert {k: hostvars["vm-1"][k] for k in keys} == {
+        "ansible_host": "vm-1.example.com", "ansible_port": 2222, "ansible_user": "fleetadmin",
+        "fleetmesh_envoy_version": "1.40.0"}
+    assert hostvars["vm-2"]["fleetmesh_envoy_version"] == "1.39.3" and "ansible_user" not in hostvars["vm-2"]
+    assert hostvars["vm-3"]["ansible_host"] == "192.0.2.3" and "fleetmesh_envoy_version" not in hostvars["vm-3"]

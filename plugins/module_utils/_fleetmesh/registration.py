@@ -26,6 +26,11 @@ Every object carries the ownership labels (``app.kubernetes.io/managed-by: fleet
 (``fleetmesh.envoy/host`` on WorkloadEntries, ``fleetmesh.envoy/hosts`` = JSON host -> address on
 ServiceEntries, EndpointSlices and Endpoints), so that a partial run (``prune=false``, or
 ``state=absent``) can replace or remove exactly the given hosts' entries and keep every other host's.
+
+How to reach a host and which Envoy it runs (an endpoint's ``host_info``: ``ansible_host``,
+``ansible_port``, ``ansible_user``, ``envoy_version``, never secrets) is recorded in the annotation
+``fleetmesh.envoy/host-info``: one JSON object on a WorkloadEntry, a JSON object of them by host on
+ServiceEntries and EndpointSlices. The ``fleetmesh.envoy.workloads`` inventory reads it back.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -49,6 +54,10 @@ SET_LABEL = 'fleetmesh.envoy/registration'
 SERVICE_LABEL = 'fleetmesh.envoy/service'
 HOST_ANNOTATION = 'fleetmesh.envoy/host'
 HOSTS_ANNOTATION = 'fleetmesh.envoy/hosts'
+HOST_INFO_ANNOTATION = 'fleetmesh.envoy/host-info'
+# Kubernetes refuses an object whose annotations total more than 256 KiB; host-info is left off an
+# aggregate object before that, keeping room for annotations of other managers.
+HOST_INFO_ANNOTATION_BUDGET = 192 * 1024
 SLICE_SERVICE_LABEL = 'kubernetes.io/service-name'
 SLICE_MANAGED_BY_LABEL = 'endpointslice.kubernetes.io/managed-by'
 SKIP_MIRROR_LABEL = 'endpointslice.kubernetes.io/skip-mirror'
@@ -90,14 +99,18 @@ MODEL_VARS = {
     'network': 'fleetmesh_network',
     'service_account': 'fleetmesh_service_account',
     'healthy': 'mesh_registration_healthy',
+    'host_info': 'ansible_host, ansible_port, ansible_user and envoy_version',
 }
+# The keys of an endpoint's host_info: connection details and the Envoy version, never secrets.
+HOST_INFO_KEYS = ('ansible_host', 'ansible_port', 'ansible_user', 'envoy_version')
+ALLOWED_CONNECTION_STRING = 'a non-empty string without spaces or control characters, at most 253 characters'
 ISTIO_PROTOCOLS = {
     'http': 'HTTP', 'http2': 'HTTP2', 'https': 'HTTPS', 'grpc': 'GRPC', 'tcp': 'TCP', 'tls': 'TLS',
     'mongo': 'MONGO', 'redis': 'REDIS', 'mysql': 'MYSQL',
 }
 
 Endpoint = namedtuple('Endpoint', ['host', 'address', 'family', 'service', 'namespace', 'ports', 'labels',
-                                   'weight', 'locality', 'network', 'service_account', 'healthy'])
+                                   'weight', 'locality', 'network', 'service_account', 'healthy', 'host_info'])
 Config = namedtuple('Config', ['endpoints', 'state', 'prune', 'registration', 'shapes', 'workload_group',
                                'max_endpoints_per_slice', 'legacy_endpoints', 'httpproxies', 'cluster_domain'])
 Plan = namedtuple('Plan', ['desired', 'delete', 'prune_all', 'mode'])
@@ -187,7 +200,7 @@ def _normalize_endpoint(index: int, raw: Any, state: str, service_shapes: bool, 
         if len(errors) > start:
             return None
         return Endpoint(host, None, None, raw.get('service'), raw.get('namespace'), OrderedDict(), {}, None, None,
-                        None, None, True)
+                        None, None, True, None)
 
     def need(field: str, check) -> Any:
         value = raw.get(field)
@@ -219,6 +232,7 @@ def _normalize_endpoint(index: int, raw: Any, state: str, service_shapes: bool, 
     if healthy is None:
         healthy = True
     errors.extend(v.check_bool(_ep_var(index, host, 'healthy'), healthy))
+    host_info = _normalize_host_info(index, host, raw.get('host_info'), errors)
     if len(errors) > start:
         return None
     parsed = ipaddress.ip_address(address)
@@ -228,7 +242,45 @@ def _normalize_endpoint(index: int, raw: Any, state: str, service_shapes: bool, 
                     namespace=namespace, ports=port_map,
                     labels=OrderedDict(sorted((str(k), str(val)) for k, val in (labels or {}).items())),
                     weight=_as_int(weight) if weight is not None else None, locality=locality,
-                    network=network, service_account=service_account, healthy=healthy)
+                    network=network, service_account=service_account, healthy=healthy, host_info=host_info)
+
+
+def _check_connection_string(var: str, value: Any) -> List[str]:
+    if isinstance(value, str) and 0 < len(value) <= 253 and not re.search(r'[\s\x00-\x1f\x7f]', value):
+        return []
+    return [v._error(var, value, 'is not allowed', ALLOWED_CONNECTION_STRING)]
+
+
+def _normalize_host_info(index: int, host: Any, raw: Any, errors: List[str]) -> Optional['OrderedDict[str, Any]']:
+    """An endpoint's host_info: the keys that are set, checked, ports as integers; None when empty."""
+    if raw is None or raw == {}:
+        return None
+    who = ' of host %s' % host if isinstance(host, str) and host else ''
+    if not isinstance(raw, Mapping):
+        errors.append(v._error(_ep_var(index, host, 'host_info'), raw, 'is not a mapping',
+                               'a mapping with ' + ', '.join(HOST_INFO_KEYS)))
+        return None
+    start = len(errors)
+    for key in raw:
+        if key not in HOST_INFO_KEYS:
+            # Shown by name only: a misplaced password or key must not end up in a message.
+            errors.append('endpoints[%d].host_info%s: %s is not a known field; allowed: one of %s (connection '
+                          'details and the Envoy version, never passwords, keys or tokens)'
+                          % (index, who, v.show(str(key)), ', '.join(HOST_INFO_KEYS)))
+    checks = (('ansible_host', _check_connection_string), ('ansible_port', v.check_port),
+              ('ansible_user', _check_connection_string), ('envoy_version', v.check_semver))
+    out = OrderedDict()  # type: OrderedDict[str, Any]
+    for key, check in checks:
+        value = raw.get(key)
+        if value is None or value == '':
+            continue
+        found = check('endpoints[%d].host_info.%s (%s%s)' % (index, key, key, who), value)
+        errors.extend(found)
+        if not found:
+            out[key] = _as_int(value) if key == 'ansible_port' else value
+    if len(errors) > start or not out:
+        return None
+    return out
 
 
 _ALLOWED = {
@@ -452,6 +504,41 @@ def _hosts_json(hosts: Mapping) -> str:
     return json.dumps(OrderedDict(sorted(hosts.items())), separators=(',', ':'))
 
 
+def _info_json(info: Mapping) -> str:
+    return json.dumps(info, sort_keys=True, separators=(',', ':'))
+
+
+def _aggregate_annotations(hosts: Mapping, infos: Optional[Mapping]) -> 'OrderedDict[str, str]':
+    """fleetmesh.envoy/hosts, and fleetmesh.envoy/host-info for the hosts of the object that have it."""
+    annotations = OrderedDict([(HOSTS_ANNOTATION, _hosts_json(hosts))])
+    recorded = dict((host, (infos or {})[host]) for host in hosts if (infos or {}).get(host))
+    if recorded:
+        text = _info_json(recorded)
+        size = sum(len(k) + len(val) for k, val in annotations.items()) + len(HOST_INFO_ANNOTATION) + len(text)
+        if size <= HOST_INFO_ANNOTATION_BUDGET:
+            annotations[HOST_INFO_ANNOTATION] = text
+    return annotations
+
+
+def host_infos_of(obj: Mapping) -> Dict[str, Dict[str, Any]]:
+    """host -> host_info recorded on an object (empty when the annotation is missing or broken)."""
+    annotations = (obj.get('metadata') or {}).get('annotations') or {}
+    try:
+        infos = json.loads(annotations.get(HOST_INFO_ANNOTATION) or '{}')
+    except ValueError:
+        return {}
+    if not isinstance(infos, Mapping):
+        return {}
+    if obj.get('kind') == 'WorkloadEntry':
+        host = annotations.get(HOST_ANNOTATION)
+        return {host: dict(infos)} if host and infos else {}
+    return dict((str(h), dict(i)) for h, i in infos.items() if isinstance(i, Mapping) and i)
+
+
+def _infos(eps: Iterable[Endpoint]) -> Dict[str, Mapping]:
+    return dict((ep.host, ep.host_info) for ep in eps if ep.host_info)
+
+
 def _meta(cfg: Config, name: str, namespace: str, service: Optional[str] = None, labels: Optional[Mapping] = None,
           annotations: Optional[Mapping] = None) -> Dict[str, Any]:
     all_labels = OrderedDict([(MANAGED_BY_LABEL, MANAGED_BY), (SET_LABEL, cfg.registration)])
@@ -494,8 +581,10 @@ def _workload_spec(ep: Endpoint, with_address: bool = True) -> Dict[str, Any]:
 
 
 def render_workload_entry(cfg: Config, api: Mapping, ep: Endpoint) -> Dict[str, Any]:
-    meta = _meta(cfg, workload_entry_name(ep.service, ep.host), ep.namespace, ep.service,
-                 annotations={HOST_ANNOTATION: ep.host})
+    annotations = OrderedDict([(HOST_ANNOTATION, ep.host)])
+    if ep.host_info:
+        annotations[HOST_INFO_ANNOTATION] = _info_json(ep.host_info)
+    meta = _meta(cfg, workload_entry_name(ep.service, ep.host), ep.namespace, ep.service, annotations=annotations)
     return _obj(api, 'WorkloadEntry', meta, spec=_workload_spec(ep))
 
 
@@ -529,12 +618,12 @@ def se_entry(ep: Endpoint) -> Dict[str, Any]:
 
 
 def render_service_entry(cfg: Config, api: Mapping, namespace: str, service: str, base: Mapping,
-                         entries: List[Mapping], hosts: Mapping) -> Dict[str, Any]:
+                         entries: List[Mapping], hosts: Mapping, infos: Optional[Mapping] = None) -> Dict[str, Any]:
     spec = OrderedDict([('hosts', list(base['hosts'])), ('location', 'MESH_INTERNAL'), ('resolution', 'STATIC'),
                         ('ports', [dict(p) for p in base['ports']])])
     if entries:
         spec['endpoints'] = sorted((dict(e) for e in entries), key=_address_sort_key)
-    meta = _meta(cfg, service, namespace, service, annotations={HOSTS_ANNOTATION: _hosts_json(hosts)})
+    meta = _meta(cfg, service, namespace, service, annotations=_aggregate_annotations(hosts, infos))
     return _obj(api, 'ServiceEntry', meta, spec=spec)
 
 
@@ -573,7 +662,7 @@ def _slice_family(entry: Mapping) -> str:
 
 
 def render_slices(cfg: Config, api: Mapping, namespace: str, service: str, ports: List[Mapping],
-                  entries: List[Tuple[str, Mapping]]) -> List[Dict[str, Any]]:
+                  entries: List[Tuple[str, Mapping]], infos: Optional[Mapping] = None) -> List[Dict[str, Any]]:
     """EndpointSlices of one service: entries are (host, endpoint) pairs, split per family and size."""
     out = []
     by_family = OrderedDict()  # type: Dict[str, List[Tuple[str, Mapping]]]
@@ -585,7 +674,7 @@ def render_slices(cfg: Config, api: Mapping, namespace: str, service: str, ports
             hosts = OrderedDict((host, entry['addresses'][0]) for host, entry in chunk if host)
             labels = OrderedDict([(SLICE_SERVICE_LABEL, service), (SLICE_MANAGED_BY_LABEL, MANAGED_BY)])
             meta = _meta(cfg, slice_name(service, family, index // cfg.max_endpoints_per_slice), namespace, service,
-                         labels=labels, annotations={HOSTS_ANNOTATION: _hosts_json(hosts)})
+                         labels=labels, annotations=_aggregate_annotations(hosts, infos))
             out.append(_obj(api, 'EndpointSlice', meta, addressType=family,
                             endpoints=[dict(entry) for _host, entry in chunk],
                             ports=[dict(p) for p in ports]))
@@ -657,12 +746,12 @@ def _render_service_objects(cfg: Config, api: Mapping, eps: List[Endpoint]) -> L
     if 'serviceentry' in cfg.shapes:
         objs.append(render_service_entry(cfg, api, first.namespace, first.service, se_base(cfg, first),
                                          [se_entry(ep) for ep in healthy],
-                                         OrderedDict((ep.host, ep.address) for ep in healthy)))
+                                         OrderedDict((ep.host, ep.address) for ep in healthy), _infos(healthy)))
     if 'endpointslice' in cfg.shapes:
         objs.append(render_service(cfg, api, eps, selector=False))
         entries = [(ep.host, slice_entry(ep)) for ep in eps]
         ports = slice_ports(first.ports)
-        objs.extend(render_slices(cfg, api, first.namespace, first.service, ports, entries))
+        objs.extend(render_slices(cfg, api, first.namespace, first.service, ports, entries, _infos(eps)))
         if cfg.legacy_endpoints:
             objs.append(render_endpoints(cfg, api, first.namespace, first.service, ports, entries))
     return objs
@@ -742,8 +831,10 @@ def build_partial(cfg: Config, api: Mapping, live: Iterable[Mapping]) -> Tuple[L
             base = se_base(cfg, eps[0]) if eps and 'serviceentry' in cfg.shapes else \
                 _live_se_base(by_kind['ServiceEntry'][0])
             hosts.update((ep.host, ep.address) for ep in healthy)
+            infos = _kept_infos(by_kind.get('ServiceEntry', []), touched)
+            infos.update(_infos(healthy))
             rendered.append(render_service_entry(cfg, api, namespace, service, base,
-                                                 kept + [se_entry(ep) for ep in healthy], hosts))
+                                                 kept + [se_entry(ep) for ep in healthy], hosts, infos))
         if 'EndpointSlice' in by_kind or 'Endpoints' in by_kind or (eps and 'endpointslice' in cfg.shapes):
             kept_entries = _kept_slice_entries(by_kind.get('EndpointSlice', []), touched)
             new = [(ep.host, slice_entry(ep)) for ep in eps] if 'endpointslice' in cfg.shapes else []
@@ -754,7 +845,10 @@ def build_partial(cfg: Config, api: Mapping, live: Iterable[Mapping]) -> Tuple[L
                 ports = [dict(p) for p in source.get('ports') or []]
             entries = kept_entries + new
             if 'EndpointSlice' in by_kind or (eps and 'endpointslice' in cfg.shapes):
-                rendered.extend(render_slices(cfg, api, namespace, service, ports, entries))
+                infos = _kept_infos(by_kind.get('EndpointSlice', []), touched)
+                if 'endpointslice' in cfg.shapes:
+                    infos.update(_infos(eps))
+                rendered.extend(render_slices(cfg, api, namespace, service, ports, entries, infos))
             if 'Endpoints' in by_kind or (eps and 'endpointslice' in cfg.shapes and cfg.legacy_endpoints):
                 rendered.append(render_endpoints(cfg, api, namespace, service, ports, entries))
         apply.extend(rendered)
@@ -783,6 +877,16 @@ def _kept_se_entries(objs: List[Mapping], touched: Set[str]) -> Tuple[List[Dict[
             if host:
                 hosts[host] = entry.get('address')
     return kept, hosts
+
+
+def _kept_infos(objs: List[Mapping], touched: Set[str]) -> Dict[str, Mapping]:
+    """host_info recorded on live aggregates for the hosts a partial run does not touch."""
+    kept = {}  # type: Dict[str, Mapping]
+    for obj in objs:
+        for host, info in host_infos_of(obj).items():
+            if host not in touched:
+                kept[host] = info
+    return kept
 
 
 def _live_se_base(obj: Mapping) -> Dict[str, Any]:
@@ -824,3 +928,21 @@ def duplicate_names(objs: Iterable[Mapping]) -> List[str]:
                           'object names' % (obj_ref(obj), ', '.join(first) or '-', ', '.join(second) or '-'))
         seen[key] = obj
     return errors
+
+
+def host_info_warnings(cfg: Config, objs: Iterable[Mapping]) -> List[str]:
+    """Objects that list hosts with host_info but had to be written without the host-info annotation."""
+    given = _infos(cfg.endpoints)
+    out = []
+    for obj in objs:
+        if obj.get('kind') not in ('ServiceEntry', 'EndpointSlice'):
+            continue
+        annotations = (obj.get('metadata') or {}).get('annotations') or {}
+        hosts = [h for h in hosts_of(obj) if h in given]
+        if hosts and HOST_INFO_ANNOTATION not in annotations:
+            out.append('%s: the %s annotation of its %d hosts would pass %d bytes and was left off, so the '
+                       'fleetmesh.envoy.workloads inventory reads no connection details or Envoy version from it; '
+                       'use the workloadentry shape (one object per host), or the endpointslice shape with a '
+                       'smaller max_endpoints_per_slice' % (obj_ref(obj), HOST_INFO_ANNOTATION,
+                                                            len(hosts_of(obj)), HOST_INFO_ANNOTATION_BUDGET))
+    return out
