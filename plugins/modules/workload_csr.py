@@ -43,6 +43,13 @@ options:
     description:
       - Group of C(key.pem). Default is the primary group of O(owner).
     type: str
+  create_owner:
+    description:
+      - Create O(owner) (a system user without home or login shell) and its group (O(group), or one named like
+        O(owner)) when they do not exist, in the same call, so a no-op run is one round trip to the host.
+      - Only with O(state=csr).
+    type: bool
+    default: false
   key_type:
     description:
       - Type of the private key. V(ec) is ECDSA on curve P-256; V(rsa) is RSA of O(key_size) bits.
@@ -157,6 +164,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+owner_created:
+  description: Whether O(create_owner) created the user or its group (or would, in check mode).
+  returned: success and O(state=csr)
+  type: bool
 csr:
   description: The certificate signing request, PEM (public).
   returned: success and O(state=csr)
@@ -248,6 +259,32 @@ CERT_MODE = 0o644
 
 def _fail(module, msg, **kwargs):
     module.fail_json(msg='workload_csr: ' + msg, **kwargs)
+
+
+def _create_owner(module):
+    """Create the system group and user of the key when missing; True when something was (or would be) created."""
+    owner = module.params['owner']
+    group = module.params['group'] or owner
+    created = False
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        created = True
+        if not module.check_mode:
+            rc, _out, err = module.run_command(['groupadd', '--system', group])
+            if rc != 0:
+                _fail(module, 'groupadd %s failed: %s' % (group, err.strip()))
+    try:
+        pwd.getpwnam(owner)
+    except KeyError:
+        created = True
+        if not module.check_mode:
+            shell = next((s for s in ('/usr/sbin/nologin', '/sbin/nologin') if os.path.exists(s)), '/bin/false')
+            rc, _out, err = module.run_command(['useradd', '--system', '--gid', group, '--shell', shell,
+                                                '--home-dir', '/nonexistent', '--no-create-home', owner])
+            if rc != 0:
+                _fail(module, 'useradd %s failed: %s' % (owner, err.strip()))
+    return created
 
 
 def _ids(module):
@@ -440,6 +477,7 @@ def main():
             path=dict(type='path', default='/etc/certs'),
             owner=dict(type='str', default='envoy'),
             group=dict(type='str'),
+            create_owner=dict(type='bool', default=False),
             key_type=dict(type='str', choices=['ec', 'rsa'], default='ec', no_log=False),
             key_size=dict(type='int', choices=[2048, 3072, 4096], default=2048, no_log=False),
             spiffe_id=dict(type='str', required=True),
@@ -484,6 +522,8 @@ def main():
     directory = params['path']
     key_path = os.path.join(directory, pki.KEY_FILE)
     changed = False
+    owner_created = params['create_owner'] and params['state'] == 'csr' and _create_owner(module)
+    changed = bool(owner_created)
     uid, gid, owner, group = _ids(module)
     try:
         backend = pki.key_backend(params['backend'], lambda: module.get_bin_path('openssl'), module.run_command)
@@ -594,6 +634,7 @@ def main():
                  created=bool(key_reason)),
         installed=installed,
         backend=backend.name,
+        owner_created=bool(owner_created),
     )
     if module._diff:
         result['diff'] = dict(before=before, after=after, before_header=directory, after_header=directory)
