@@ -38,7 +38,7 @@ lab-down:
 # afterwards (make demo-down stops it with the lab).
 DEMO_KUBE := $(ROOT)/.lab/kube
 demo: setup kube-build lab-up
-	python tests/harness/kubeapi.py start --state-dir $(DEMO_KUBE)
+	python tests/harness/kubeapi.py start --state-dir $(DEMO_KUBE) --namespace fleet-lab
 	ansible-playbook playbooks/lab_demo.yml -e fleetmesh_kubeconfig=$(DEMO_KUBE)/registrar.kubeconfig \
 	  -e workload_certs_lab_ca_dir=$(ROOT)/.lab/ca
 

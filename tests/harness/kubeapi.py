@@ -804,11 +804,16 @@ def _print_env(api: KubeAPI) -> None:
     print(f"REGISTRAR_KUBECONFIG={api.registrar_kubeconfig}")
 
 
+def _namespaces(api: KubeAPI, names: list[str]) -> None:
+    api.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in names])
+
+
 def _cli_start(args: argparse.Namespace) -> int:
     running = KubeAPI.attach(args.state_dir)
     if running is not None:
         if running.processes_alive() and running._ready_quietly():
             running.refresh_registrar_kubeconfig()  # a fresh 2 h token on every start
+            _namespaces(running, args.namespace)
             print(f"# kube-apiserver {running.version} already running", file=sys.stderr)
             _print_env(running)
             return 0
@@ -819,6 +824,7 @@ def _cli_start(args: argparse.Namespace) -> int:
     except KubeBinariesMissing as exc:
         print(f"kubeapi: {exc}", file=sys.stderr)
         return 2
+    _namespaces(api, args.namespace)
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in api.timings.items())
     print(f"# kube-apiserver {api.version} ready at {api.url} ({timings}); logs in {api.state_dir}", file=sys.stderr)
     _print_env(api)
@@ -866,6 +872,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--state-dir", default=default_state, help=f"default: {default_state}")
         cmd.add_argument("--version", default=None, help="Kubernetes version (default: pinned in go.mod)")
         cmd.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for /readyz")
+        if name == "start":
+            cmd.add_argument("--namespace", action="append", default=[], metavar="NAME",
+                             help="create this namespace (repeatable); the registration never creates namespaces")
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
