@@ -63,10 +63,10 @@ unit: setup
 integration: setup kube-build
 	pytest -p no:cacheprovider tests/integration
 
-molecule: setup
+molecule: setup kube-build
 	pytest -p no:cacheprovider tests/molecule
 
-bench: setup
+bench: setup kube-build
 	python tests/bench/run.py
 
 build: setup

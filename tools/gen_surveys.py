@@ -70,6 +70,10 @@ PLAYBOOK_VARS: dict[str, dict[str, dict[str, Any]]] = {
         "fleetmesh_workload_certs": {"type": "bool", "default": True,
                                      "description": "Issue and install the workload certificates (workload_certs)."},
         "fleetmesh_envoy": {"type": "bool", "default": True, "description": "Install and run Envoy (envoy)."},
+        "fleetmesh_istio_sidecar": {"type": "bool", "default": False,
+                                    "description": "Install and start the Istio sidecar (istio_sidecar). The workload "
+                                                   "certificates then go to istio_sidecar_certs_src_dir, and the "
+                                                   "sidecar copies them to /etc/certs for istio-proxy."},
     },
     "upgrade": {
         "upgrade_to": {"type": "str", "required": True, "description": "Envoy version to roll out, X.Y.Z."},
@@ -103,6 +107,8 @@ PLAYBOOK_VARS: dict[str, dict[str, dict[str, Any]]] = {
                    "description": "Inventory group or pattern of the hosts to decommission (no default: say which)."},
         "decommission_drain_seconds": {"type": "int", "default": 5,
                                        "description": "Seconds to drain the listeners before Envoy is removed."},
+        "fleetmesh_istio_sidecar": {"type": "bool", "default": False,
+                                    "description": "Also remove the Istio sidecar (istio_sidecar)."},
     },
     "status": {
         "target": {"type": "str", "default": "all",
