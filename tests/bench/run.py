@@ -6,6 +6,7 @@ so numbers stay comparable across machines. Benchmarks talk only to loopback and
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -45,7 +46,9 @@ def bench_lab():
     starting three plain containers of the same image without systemd or sshd."""
     was_up = lab_was_up()
     timed(["tools/lab/build-images.sh"])
-    image = os.environ["FLEETMESH_DEBIAN_IMAGE"]
+    # as the Makefile and lab.sh name it: the tag is the hash of the image build script
+    tag = hashlib.sha256((ROOT / "tools" / "lab" / "build-images.sh").read_bytes()).hexdigest()[:12]
+    image = os.environ.get("FLEETMESH_DEBIAN_IMAGE") or f"localhost/fleetmesh-lab-debian12:{tag}"
     timed(["tools/lab/lab.sh", "down"])
     t_lab = timed(["tools/lab/lab.sh", "up", "3"])
     timed(["tools/lab/lab.sh", "down"])
@@ -75,6 +78,8 @@ def discover() -> None:
 
 
 def main() -> int:
+    # what the Makefile exports, for a bench run without make
+    os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "tools" / "lab" / "containers.conf"))
     discover()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("names", nargs="*", help=f"benchmarks to run (default all): {', '.join(BENCHES)}")
