@@ -186,9 +186,9 @@ removed_versions:
 
 import grp
 import os
-import pwd
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.sysuser import ensure_system_user
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.envoy_install import (
     activate,
     active_version,
@@ -231,20 +231,8 @@ class Instance(object):
         self.prevalidated = False
 
     def ensure_user(self):
-        p, created = self.p, False
-        if not p['manage_user']:
-            return False
-        if not _exists(grp.getgrnam, p['group']):
-            created = True
-            if not self.module.check_mode:
-                self.run(['groupadd', '--system', p['group']])
-        if not _exists(pwd.getpwnam, p['user']):
-            created = True
-            shell = p['shell'] or next((s for s in ('/usr/sbin/nologin', '/sbin/nologin') if os.path.exists(s)), '/bin/false')
-            if not self.module.check_mode:
-                self.run(['useradd', '--system', '--gid', p['group'], '--shell', shell,
-                          '--home-dir', '/nonexistent', '--no-create-home', p['user']])
-        return created
+        p = self.p
+        return bool(p['manage_user']) and ensure_system_user(self.module, p['user'], p['group'], p['shell'])
 
     def run(self, cmd):
         rc, out, err = self.module.run_command(cmd)

@@ -245,6 +245,7 @@ import stat
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.sysuser import ensure_system_user
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import pki
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.validation import (
     ALLOWED_DURATION,
@@ -259,32 +260,6 @@ CERT_MODE = 0o644
 
 def _fail(module, msg, **kwargs):
     module.fail_json(msg='workload_csr: ' + msg, **kwargs)
-
-
-def _create_owner(module):
-    """Create the system group and user of the key when missing; True when something was (or would be) created."""
-    owner = module.params['owner']
-    group = module.params['group'] or owner
-    created = False
-    try:
-        grp.getgrnam(group)
-    except KeyError:
-        created = True
-        if not module.check_mode:
-            rc, _out, err = module.run_command(['groupadd', '--system', group])
-            if rc != 0:
-                _fail(module, 'groupadd %s failed: %s' % (group, err.strip()))
-    try:
-        pwd.getpwnam(owner)
-    except KeyError:
-        created = True
-        if not module.check_mode:
-            shell = next((s for s in ('/usr/sbin/nologin', '/sbin/nologin') if os.path.exists(s)), '/bin/false')
-            rc, _out, err = module.run_command(['useradd', '--system', '--gid', group, '--shell', shell,
-                                                '--home-dir', '/nonexistent', '--no-create-home', owner])
-            if rc != 0:
-                _fail(module, 'useradd %s failed: %s' % (owner, err.strip()))
-    return created
 
 
 def _ids(module):
@@ -522,7 +497,8 @@ def main():
     directory = params['path']
     key_path = os.path.join(directory, pki.KEY_FILE)
     changed = False
-    owner_created = params['create_owner'] and params['state'] == 'csr' and _create_owner(module)
+    owner_created = params['create_owner'] and params['state'] == 'csr' and ensure_system_user(
+        module, params['owner'], params['group'] or params['owner'])
     changed = bool(owner_created)
     uid, gid, owner, group = _ids(module)
     try:
