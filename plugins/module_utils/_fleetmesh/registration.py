@@ -37,7 +37,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import hashlib
 import ipaddress
 import json
 import re
@@ -46,6 +45,7 @@ from collections.abc import Mapping
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import validation as v
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.model import host_label, workload_entry_name
 
 FIELD_MANAGER = 'fleetmesh.envoy'
 MANAGED_BY_LABEL = 'app.kubernetes.io/managed-by'
@@ -142,19 +142,6 @@ def required_kinds(shapes: Iterable[str], legacy_endpoints: bool = False, worklo
 # --------------------------------------------------------------------------------------------
 # Names
 # --------------------------------------------------------------------------------------------
-
-def host_label(host: str) -> str:
-    """A DNS-1123 label for an inventory host name: itself when it is one, else sanitized + a hash."""
-    if len(host) <= 63 and re.match(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$', host):
-        return host
-    base = re.sub(r'[^a-z0-9-]+', '-', host.lower())
-    base = re.sub(r'-+', '-', base).strip('-')[:45].strip('-') or 'host'
-    return '%s-%s' % (base, hashlib.sha256(host.encode('utf-8')).hexdigest()[:8])
-
-
-def workload_entry_name(service: str, host: str) -> str:
-    return '%s-%s' % (service, host_label(host))
-
 
 def slice_name(service: str, family: str, index: int) -> str:
     return '%s-%s-%d' % (service, family.lower(), index)

@@ -121,6 +121,42 @@ def _as_int(value: Any) -> Optional[int]:
 
 
 # --------------------------------------------------------------------------------------------
+# Text that ends up in files
+# --------------------------------------------------------------------------------------------
+
+ALLOWED_NO_CONTROL = 'text without newlines or other control characters'
+# Variables never shown in a message (their value is a secret).
+SECRET_VARS = ('istio_sidecar_token',)
+_CONTROL_RE = re.compile('[\\x00-\\x1f\\x7f\\x85\\u2028\\u2029]')
+
+
+def _hidden(var: str, value: Any) -> Any:
+    return '<hidden>' if var.startswith(SECRET_VARS) else value
+
+
+def check_no_control(var: str, value: Any) -> List[str]:
+    """Refuse a control character anywhere in a value (strings, keys and items of mappings and lists)."""
+    errors: List[str] = []
+
+    def walk(path: str, item: Any) -> None:
+        if isinstance(item, str):
+            if _CONTROL_RE.search(item):
+                errors.append(_error(path, _hidden(var, item), 'holds a newline or another control character',
+                                     ALLOWED_NO_CONTROL))
+        elif isinstance(item, Mapping):
+            for key, sub in item.items():
+                if isinstance(key, str):
+                    walk(path, key)
+                walk('%s.%s' % (path, key), sub)
+        elif isinstance(item, (list, tuple)):
+            for index, sub in enumerate(item):
+                walk('%s[%d]' % (path, index), sub)
+
+    walk(var, value)
+    return errors
+
+
+# --------------------------------------------------------------------------------------------
 # Names
 # --------------------------------------------------------------------------------------------
 
@@ -883,7 +919,7 @@ def validate_model(variables: Mapping, checks: Iterable[str]) -> List[str]:
                 if rule.required:
                     errors.append(f'{rule.var}: is not set; allowed: {rule.allowed}')
                 continue
-            errors.extend(rule.check(rule.var, value, variables))
+            errors.extend(check_no_control(rule.var, value) or rule.check(rule.var, value, variables))
     return errors
 
 

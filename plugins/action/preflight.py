@@ -1,0 +1,185 @@
+# Copyright (c) fleetmesh maintainers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""fleetmesh.envoy.preflight: the whole model of every targeted host, checked once on the controller.
+
+The first task of every runbook (docs/model.md). It reads each host's variables from hostvars, resolves
+the ``fleetmesh_*`` model (module_utils/_fleetmesh/model.py), refuses control characters in every variable
+of the collection, runs the role checks a runbook's later steps will run (validation.py) on what the user
+set, and the registration module's own checks on the endpoints it would register. Nothing is contacted.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ipaddress
+import json
+import os
+from collections.abc import Mapping
+
+import yaml
+from ansible.plugins.action import ActionBase
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import model
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import registration
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.validation import validate_model
+
+# Role check groups a runbook may ask for, and the role whose defaults fill what the user did not set.
+ROLE_CHECKS = {
+    'workload_certs': 'workload_certs',
+    'envoy': 'envoy',
+    'istio_sidecar': 'istio_sidecar',
+    'istio_sidecar_absent': 'istio_sidecar',
+    'mesh_registration': 'mesh_registration',
+}
+# onboard.yml includes a role on a host only when the host's flag says so; its checks follow the same flags.
+ONBOARD_FLAGS = {
+    'envoy': ('fleetmesh_envoy', True),
+    'istio_sidecar': ('fleetmesh_istio_sidecar', False),
+    'workload_certs': ('fleetmesh_workload_certs', True),
+}
+_ROLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'roles')
+_NOT_SET = object()
+
+
+def role_defaults(role):
+    """A role's defaults that are plain values; templated ones derive from the model, checked by itself."""
+    with open(os.path.join(_ROLES_DIR, role, 'defaults', 'main.yml'), encoding='utf-8') as handle:
+        data = yaml.safe_load(handle) or {}
+    return {key: value for key, value in data.items() if '{{' not in json.dumps(value, default=str)}
+
+
+def _get(hostvars, var):
+    """A host variable, templated; _NOT_SET when undefined; the exception when its template fails."""
+    try:
+        value = hostvars[var]
+    except KeyError:
+        return _NOT_SET
+    except Exception as exc:  # pylint: disable=broad-except  # reported as an error of that variable
+        return exc
+    return _NOT_SET if value is None else value
+
+
+def _flag(hostvars, var, default):
+    value = _get(hostvars, var)
+    if value is _NOT_SET or isinstance(value, Exception):
+        return default
+    return value if isinstance(value, bool) else str(value).lower() in ('1', 'true', 'yes', 'on')
+
+
+class ActionModule(ActionBase):
+    """Resolve and check the model of every targeted host; never connects to a host."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _supports_check_mode = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp  # unused
+        task_vars = task_vars or {}
+        _validation, args = self.validate_argument_spec(
+            argument_spec={
+                'runbook': {'type': 'str', 'required': True},
+                'checks': {'type': 'list', 'elements': 'str', 'default': []},
+                'hosts': {'type': 'list', 'elements': 'str'},
+            },
+        )
+        hosts = args['hosts'] if args['hosts'] is not None else task_vars.get('ansible_play_hosts_all', [])
+        all_hostvars = task_vars.get('hostvars', {})
+        errors = []
+        unknown = [name for name in args['checks'] if name not in ROLE_CHECKS]
+        if unknown:
+            errors.append('checks: %s are not known; allowed: %s' % (', '.join(unknown), ', '.join(sorted(ROLE_CHECKS))))
+        defaults = {role: role_defaults(role) for role in set(ROLE_CHECKS[c] for c in args['checks'] if c in ROLE_CHECKS)}
+        workloads = {}
+        endpoints = []
+        for host in sorted(hosts):
+            hostvars = all_hostvars[host]
+            host_errors, workload = self._check_host(host, hostvars, args['checks'], defaults,
+                                                       gated=args['runbook'] == 'onboard')
+            errors.extend(host_errors)
+            if workload is not None:
+                workloads[host] = workload
+                endpoints.append(self._endpoint(workload, hostvars, len(endpoints)))
+        errors.extend(model.check_fleet(workloads.values()))
+        if not errors and 'mesh_registration' in args['checks'] and endpoints:
+            errors.extend(self._registration_errors(endpoints, all_hostvars[sorted(workloads)[0]], defaults))
+        result.update(changed=False, runbook=args['runbook'], hosts=sorted(hosts), errors=errors,
+                      workloads={host: w.as_dict() for host, w in workloads.items()})
+        if errors:
+            result['failed'] = True
+            count = '%d problem%s' % (len(errors), 's' if len(errors) > 1 else '')
+            result['msg'] = ('%s in the inventory model of %s (checked before any change: nothing was changed on '
+                             'any host or in the cluster):\n%s' % (count, args['runbook'], '\n'.join(errors)))
+        else:
+            result['msg'] = 'fleetmesh.envoy.preflight: the model of %d host(s) is valid for %s' % (
+                len(hosts), args['runbook'])
+        return result
+
+    @staticmethod
+    def _check_host(host, hostvars, checks, defaults, gated):
+        errors = []
+        values = {}
+        for var in model.MODEL_VARS:
+            value = _get(hostvars, var)
+            if isinstance(value, Exception):
+                errors.append('host %s: %s: cannot be resolved (%s); allowed: a value whose templates resolve'
+                              % (host, var, (str(value).splitlines() or [type(value).__name__])[0][:300]))
+            elif value is not _NOT_SET:
+                values[var] = value
+        workload, found = model.resolve(host, values) if not errors else (None, [])
+        errors.extend(found)
+        errors.extend(model.check_collection_vars(host, hostvars))
+        if workload is None:
+            return errors, None
+        for check in checks:
+            role = ROLE_CHECKS.get(check)
+            if role is None:
+                continue
+            if gated and not _flag(hostvars, *ONBOARD_FLAGS.get(check, ('', True))):
+                continue
+            variables = dict(values)
+            variables.update(defaults.get(role, {}))
+            prefix = role + '_'
+            for var in hostvars:
+                if isinstance(var, str) and var.startswith(prefix):
+                    value = _get(hostvars, var)
+                    if value is not _NOT_SET and not isinstance(value, Exception):
+                        variables[var] = value
+            for name in ('inventory_hostname', 'ansible_host'):
+                value = _get(hostvars, name)
+                if isinstance(value, str):
+                    variables[name] = value
+            if check in ('istio_sidecar', 'istio_sidecar_absent', 'envoy', 'workload_certs'):
+                errors.extend('host %s: %s' % (host, error) for error in validate_model(variables, [check]))
+        return errors, workload
+
+    @staticmethod
+    def _endpoint(workload, hostvars, index):
+        address = workload.address
+        if address is None:
+            facts = _get(hostvars, 'ansible_default_ipv4')
+            address = facts.get('address') if isinstance(facts, Mapping) else None
+        if address is None:
+            # Not known before facts are gathered: a distinct stand-in (198.18.0.0/15, benchmarking) so that
+            # registration's other checks still judge this host; the real address is checked when registering.
+            address = str(ipaddress.ip_address('198.18.0.1') + index)
+        return {'host': workload.host, 'address': address, 'service': workload.service,
+                'namespace': workload.namespace, 'ports': dict(workload.ports), 'labels': dict(workload.labels),
+                'weight': workload.weight, 'locality': workload.locality, 'network': workload.network,
+                'service_account': workload.service_account}
+
+    @staticmethod
+    def _registration_errors(endpoints, hostvars, defaults):
+        params = dict((key[len('mesh_registration_'):], value) for key, value in defaults['mesh_registration'].items())
+        for var in hostvars:
+            if isinstance(var, str) and var.startswith('mesh_registration_'):
+                value = _get(hostvars, var)
+                if value is not _NOT_SET and not isinstance(value, Exception):
+                    params[var[len('mesh_registration_'):]] = value
+        params['endpoints'] = endpoints
+        params['registration'] = params.get('set') or str(params.get('group', 'all')).lower().replace('_', '-')
+        _config, errors = registration.normalize(params)
+        return ['registration (mesh_registration_*): ' + error for error in errors]
