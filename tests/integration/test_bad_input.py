@@ -1,0 +1,187 @@
+"""Bad input is refused before anything changes (issue 12): every runbook, every bad value, on the lab.
+
+Each runbook runs against the lab VMs (fresh from lab.sh) and a real kube-apiserver with each bad value of the
+inventory model given as an extra var (so it applies to every host). For each run the test asserts a non-zero
+exit, an error naming the variable, and "nothing was changed". Around each runbook's runs it takes a snapshot of
+every VM (contents, modes and owners of every file under /etc, /opt, /usr/local, /var/lib, /srv and /home; users;
+groups; systemd units; the processes the collection could start) and of every object in the cluster's namespaces,
+and asserts they are byte-for-byte the same afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import kubeapi  # tests/harness is put on sys.path by conftest.py
+import pytest
+from kubeapi_pytest import require_kube_binaries
+
+from tests.integration.labutil import LAB_HOSTS, ROOT, env, extra, lab_up, playbook
+
+pytestmark = [pytest.mark.lab, pytest.mark.kube, pytest.mark.slow]
+NS = "fleet-lab"  # inventories/lab/group_vars/web.yml
+
+# (variable, bad value, words the message must hold besides the variable's name)
+BAD_VALUES = [
+    ("fleetmesh_ports", {}, "is empty"),
+    ("fleetmesh_ports", {"http": 0}, "integer 1-65535"),
+    ("fleetmesh_ports", {"http": 65536}, "integer 1-65535"),
+    ("fleetmesh_ports", {"http": "http"}, "integer 1-65535"),
+    ("fleetmesh_ports", {"web": 8080}, "Istio port name"),
+    ("fleetmesh_address", "10.213.77.11", "also the address of host"),  # every host the same address
+    ("fleetmesh_address", "fd00::11", "IPv6"),
+    ("fleetmesh_labels", {"app": "not ok!"}, "label value"),
+    ("fleetmesh_labels", {"-app": "web"}, "label key"),
+    ("fleetmesh_namespace", "n" * 64, "DNS-1123 label"),
+    ("fleetmesh_service", "9web", "DNS-1035"),
+    ("fleetmesh_service", "web\nExecStart=/bin/false", "control character"),
+    ("fleetmesh_service_account", "web\n", "control character"),
+    ("envoy_log_level", "info\nExecStartPre=/bin/false", "control character"),
+]
+
+# Runbook -> extra vars it needs besides the bad value (the good inventory is the lab's).
+RUNBOOKS = {
+    "onboard.yml": {"target": "lab"},
+    "upgrade.yml": {"target": "lab", "upgrade_to": "1.40.0"},
+    "rotate_certs.yml": {"rotate_certs_hosts": "lab"},
+    "decommission.yml": {"target": "lab"},
+    "status.yml": {"target": "lab"},
+    "cert_report.yml": {"cert_report_hosts": "lab"},
+    "register.yml": {"mesh_registration_group": "lab"},
+    "deregister.yml": {"mesh_registration_group": "lab", "deregister_all": True},
+    "envoy.yml": {"target": "lab"},
+    "sidecar.yml": {"target": "lab"},
+    "sidecar_offboard.yml": {"target": "lab"},
+}
+
+SNAPSHOT = r"""
+set -u
+for d in /etc /opt /usr/local /var/lib /srv /home /root; do
+  [ -d "$d" ] || continue
+  find "$d" -xdev \( -name .ansible -o -path /var/lib/apt/lists -o -path /var/lib/systemd/timers \
+       -o -path /var/lib/systemd/random-seed -o -path /etc/ld.so.cache \) -prune \
+       -o -printf '%p %y %m %u %g %s %l\n'
+  find "$d" -xdev \( -name .ansible -o -path /var/lib/apt/lists \) -prune -o -type f -exec sha256sum {} +
+done | sort
+echo '--- users'; getent passwd; echo '--- groups'; getent group
+echo '--- units'; systemctl list-units --all --no-legend --plain | awk '{print $1, $3, $4}' | grep -v -e '^session-' -e '^user' | sort
+echo '--- processes'; ps -eo user:20,args --no-headers | grep -E 'envoy|pilot-agent|istio|fleetmesh' | grep -v -e grep -e sha256sum | sort
+"""
+
+
+def snapshot_hosts() -> dict[str, str]:
+    """host -> sha256 of its snapshot (the snapshot itself is kept for a readable diff on failure)."""
+    out = {}
+
+    def one(host_ip):
+        host, ip = host_ip
+        proc = subprocess.run(
+            ["ssh", "-i", str(ROOT / ".lab/ssh/id_ed25519"), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"fleetadmin@{ip}", "sudo", "bash", "-s"],
+            input=SNAPSHOT, capture_output=True, text=True, check=False, timeout=120, env=env())
+        assert proc.returncode == 0 and not proc.stderr, f"snapshot of {host} failed: {proc.stderr[-2000:]}"
+        return host, proc.stdout
+
+    with ThreadPoolExecutor(len(LAB_HOSTS)) as pool:
+        for host, text in pool.map(one, LAB_HOSTS.items()):
+            out[host] = text
+    return out
+
+
+def snapshot_cluster(api: kubeapi.KubeAPI) -> str:
+    kinds = [("v1", "Service"), ("v1", "ServiceAccount"), ("v1", "Secret"), ("v1", "ConfigMap"),
+             ("discovery.k8s.io/v1", "EndpointSlice"), ("networking.istio.io/v1", "WorkloadEntry"),
+             ("networking.istio.io/v1", "ServiceEntry"), ("networking.istio.io/v1", "WorkloadGroup"),
+             ("projectcontour.io/v1", "HTTPProxy")]
+    lines = []
+    for api_version, kind in kinds:
+        for _attempt in range(50):  # 429 while a just-created CRD's storage warms up
+            status, body = api.request("GET", api.resource_path(api_version, kind, None, NS))
+            if status != 429:
+                break
+            time.sleep(0.2)
+        assert status == 200, (kind, body)
+        for item in body["items"]:
+            meta = item["metadata"]
+            lines.append(f"{kind} {meta.get('namespace')}/{meta['name']} {meta['resourceVersion']}")
+    return "\n".join(sorted(lines))
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    require_kube_binaries()
+    server = kubeapi.KubeAPI(tmp_path_factory.mktemp("kube"))
+    server.start()
+    try:
+        server.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def fresh_lab():
+    # Fresh VMs: nothing of the collection on them yet, so any change would show.
+    proc = subprocess.run([str(ROOT / "tools/lab/lab.sh"), "down"], env=env(), capture_output=True, text=True,
+                          check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lab_up(3)
+
+
+def test_bad_value_list_covers_the_issue():
+    names = {name for name, _value, _words in BAD_VALUES}
+    assert {"fleetmesh_ports", "fleetmesh_address", "fleetmesh_labels", "fleetmesh_namespace",
+            "fleetmesh_service"} <= names
+
+
+@pytest.mark.parametrize("runbook", sorted(RUNBOOKS))
+def test_bad_input_changes_nothing(runbook, api, fresh_lab, tmp_path):
+    base = dict(RUNBOOKS[runbook], fleetmesh_kubeconfig=str(api.registrar_kubeconfig),
+                workload_certs_lab_ca_dir=str(Path(tmp_path) / "ca"), upgrade_report=str(Path(tmp_path) / "r.json"),
+                status_report_dir=str(Path(tmp_path) / "status"), cert_report_json=str(Path(tmp_path) / "c.json"))
+    hosts_before, cluster_before = snapshot_hosts(), snapshot_cluster(api)
+
+    def attempt(bad):
+        var, value, words = bad
+        return bad, playbook(runbook, *extra(**dict(base, **{var: value})))
+
+    problems = []
+    with ThreadPoolExecutor(3) as pool:
+        for (var, value, words), run in pool.map(attempt, BAD_VALUES):
+            what = f"{runbook} with {var}={json.dumps(value)}"
+            if run.rc == 0:
+                problems.append(f"{what}: exit 0\n{run.out[-1500:]}")
+            elif var not in run.out or words not in run.out or "nothing was changed" not in run.out:
+                problems.append(f"{what}: the error does not name {var} / say {words!r}:\n{run.out[-2500:]}")
+            elif any(r["changed"] for r in run.recap.values()):
+                problems.append(f"{what}: a task reported changed: {run.recap}")
+    assert not problems, "\n\n".join(problems)
+    assert not (Path(tmp_path) / "ca").exists(), "the lab CA was created on the controller"
+
+    hosts_after, cluster_after = snapshot_hosts(), snapshot_cluster(api)
+    for host in LAB_HOSTS:
+        if hosts_before[host] != hosts_after[host]:
+            before, after = set(hosts_before[host].splitlines()), set(hosts_after[host].splitlines())
+            pytest.fail(f"{runbook} changed {host}:\n- " + "\n- ".join(sorted(before - after)[:30])
+                        + "\n+ " + "\n+ ".join(sorted(after - before)[:30]))
+    assert cluster_before == cluster_after, f"{runbook} changed the cluster"
+
+
+def test_the_snapshot_sees_a_one_byte_change(fresh_lab):
+    """The snapshot the test above relies on does show a change: one byte in a file under /etc."""
+    host, ip = next(iter(LAB_HOSTS.items()))
+    ssh = ["ssh", "-i", str(ROOT / ".lab/ssh/id_ed25519"), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+           "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"fleetadmin@{ip}", "sudo"]
+    before = snapshot_hosts()[host]
+    subprocess.run([*ssh, "sh", "-s"], input="printf a >> /etc/fleetmesh-snapshot-probe", text=True, check=True,
+                   timeout=60)
+    try:
+        after = snapshot_hosts()[host]
+    finally:
+        subprocess.run([*ssh, "rm", "-f", "/etc/fleetmesh-snapshot-probe"], check=True, timeout=60)
+    assert before != after
+    assert "/etc/fleetmesh-snapshot-probe" in after
