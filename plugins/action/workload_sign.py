@@ -19,7 +19,7 @@ import os
 from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
-from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import pki
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import model, pki
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.validation import (
     ALLOWED_DURATION,
     WORKLOAD_CERTS_SOURCES,
@@ -180,17 +180,18 @@ class ActionModule(ActionBase):
 
     def _identity(self, host, task_vars):
         """(SPIFFE ID, allowed DNS names, allowed IPs) of a host, from its inventory variables only."""
-        from ansible_collections.fleetmesh.envoy.plugins.filter.fleetmesh import spiffe_id
-
         hostvars = task_vars.get('hostvars', {}).get(host)
         if hostvars is None:
             raise SignError('%s: no such host in the inventory' % host)
-        spiffe = spiffe_id(hostvars.get('fleetmesh_trust_domain'), hostvars.get('fleetmesh_namespace'),
-                           hostvars.get('fleetmesh_service_account'))
+        # The SPIFFE ID and the service's names come from the one resolved model (docs/model.md).
+        workload, errors = model.resolve(host, {var: hostvars.get(var) for var in model.MODEL_VARS})
+        if workload is None:
+            raise SignError('; '.join(errors))
+        spiffe = workload.spiffe_id
         dns, ips = workload_allowed_sans({
             'inventory_hostname': host, 'ansible_host': hostvars.get('ansible_host'),
-            'fleetmesh_address': hostvars.get('fleetmesh_address'), 'fleetmesh_service': hostvars.get('fleetmesh_service'),
-            'fleetmesh_namespace': hostvars.get('fleetmesh_namespace')})
+            'fleetmesh_address': workload.address, 'fleetmesh_service': workload.service,
+            'fleetmesh_namespace': workload.namespace, 'fleetmesh_cluster_domain': workload.cluster_domain})
         return spiffe, dns, ips, hostvars
 
     def _sign(self, ca, args, task_vars):

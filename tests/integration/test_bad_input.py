@@ -63,13 +63,14 @@ set -u
 for d in /etc /opt /usr/local /var/lib /srv /home /root; do
   [ -d "$d" ] || continue
   find "$d" -xdev \( -name .ansible -o -path /var/lib/apt/lists -o -path /var/lib/systemd/timers \
-       -o -path /var/lib/systemd/random-seed -o -path /etc/ld.so.cache \) -prune \
-       -o -printf '%p %y %m %u %g %s %l\n'
+       -o -path /var/lib/systemd/random-seed \) -prune -o -printf '%p %y %m %u %g %s %l\n'
   find "$d" -xdev \( -name .ansible -o -path /var/lib/apt/lists \) -prune -o -type f -exec sha256sum {} +
 done | sort
 echo '--- users'; getent passwd; echo '--- groups'; getent group
-echo '--- units'; systemctl list-units --all --no-legend --plain | awk '{print $1, $3, $4}' | grep -v -e '^session-' -e '^user' | sort
-echo '--- processes'; ps -eo user:20,args --no-headers | grep -E 'envoy|pilot-agent|istio|fleetmesh' | grep -v -e grep -e sha256sum | sort
+echo '--- units'; systemctl list-units --all --no-legend --plain | awk '{print $1, $3, $4}' \
+  | grep -v -e '^session-' -e '^user' | sort
+echo '--- processes'; ps -eo user:20,args --no-headers | grep -E 'envoy|pilot-agent|istio|fleetmesh' \
+  | grep -v -e grep -e sha256sum | sort
 """
 
 

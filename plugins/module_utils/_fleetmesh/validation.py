@@ -461,11 +461,12 @@ def check_posix_name(var: str, value: Any) -> List[str]:
 
 
 def _workload_service_names(variables: Mapping) -> List[str]:
-    """<service>.<namespace>[.svc[.cluster.local]] when fleetmesh_service and fleetmesh_namespace are valid."""
+    """<service>.<namespace>[.svc[.<fleetmesh_cluster_domain>]] when fleetmesh_service and fleetmesh_namespace are valid."""
     service, namespace = variables.get('fleetmesh_service'), variables.get('fleetmesh_namespace')
+    domain = variables.get('fleetmesh_cluster_domain') or 'cluster.local'
     if check_dns_label('', service) or check_dns_label('', namespace):
         return []
-    return [f'{service}.{namespace}', f'{service}.{namespace}.svc', f'{service}.{namespace}.svc.cluster.local']
+    return [f'{service}.{namespace}', f'{service}.{namespace}.svc', f'{service}.{namespace}.svc.{domain}']
 
 
 def workload_allowed_sans(variables: Mapping) -> Tuple[List[str], List[str]]:
