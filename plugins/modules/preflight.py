@@ -22,8 +22,8 @@ description:
     C(fleetmesh_cluster_domain)), and checks across hosts (one address per host of a service, one service account per
     service).
   - Refuses a newline or any other control character in every variable of the collection (C(fleetmesh_*),
-    C(envoy_*), C(workload_certs_*), C(istio_sidecar_*), C(mesh_registration_*), C(upgrade_*)): such values end up
-    in files (systemd EnvironmentFile, unit, C(cluster.env), C(/etc/hosts), the bootstrap).
+    C(envoy_*), C(workload_certs_*), C(istio_sidecar_*), C(mesh_registration_*), C(upgrade_*)), since such values
+    end up in files (systemd EnvironmentFile, unit, C(cluster.env), C(/etc/hosts), the bootstrap).
   - Runs the checks of the roles the runbook includes (O(checks)) on what the user set, and the registration
     module's own checks on the endpoints it would register.
   - "Each error names the variable the user wrote and the host, shows the value and says what is allowed, for
