@@ -97,8 +97,8 @@ class ActionModule(ActionBase):
         endpoints = []
         for host in sorted(hosts):
             hostvars = all_hostvars[host]
-            host_errors, workload = self._check_host(host, hostvars, args['checks'], defaults,
-                                                       gated=args['runbook'] == 'onboard')
+            gated = args['runbook'] == 'onboard'
+            host_errors, workload = self._check_host(host, hostvars, args['checks'], defaults, gated)
             errors.extend(host_errors)
             if workload is not None:
                 workloads[host] = workload
