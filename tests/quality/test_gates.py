@@ -142,3 +142,18 @@ def test_setup_refuses_wrong_python(tmp_path):
     proc = run(["bash", str(ROOT / "tools/setup.sh"), "venv"], env=dict(ENV, FLEETMESH_PYTHON="/bin/false"))
     assert proc.returncode != 0
     assert "Python 3.11" in proc.stderr or "3.11" in proc.stderr, proc.stderr
+
+
+def test_changelog_fragments_lint_and_changelog_is_generated(tmp_path):
+    """Changes are described by fragments (changelogs/fragments/*.yml); CHANGELOG.md is generated from them."""
+    tool = need("antsibull-changelog")
+    lint = run([tool, "lint"])
+    assert_ok(lint, "antsibull-changelog lint")
+    assert not (lint.stdout + lint.stderr).strip(), f"antsibull-changelog lint reports:\n{lint.stdout}{lint.stderr}"
+    assert_ok(run([tool, "lint-changelog-yaml", "changelogs/changelog.yaml"]), "lint-changelog-yaml")
+    for name in ("galaxy.yml", "CHANGELOG.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "changelogs", tmp_path / "changelogs")
+    assert_ok(run([tool, "generate"], cwd=tmp_path), "antsibull-changelog generate")
+    assert (tmp_path / "CHANGELOG.md").read_text() == (ROOT / "CHANGELOG.md").read_text(), (
+        "CHANGELOG.md is not what antsibull-changelog generates from changelogs/; run 'antsibull-changelog generate'")
