@@ -7,22 +7,29 @@ export FLEETMESH_CACHE ?= /var/cache/fleetmesh
 export CONTAINERS_CONF := $(ROOT)/tools/lab/containers.conf
 export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.build/collections
-export PATH := $(ROOT)/.venv/bin:$(PATH)
+# Go is preinstalled in /usr/local/go (not apt); the doctor says so when it is missing.
+export PATH := $(ROOT)/.venv/bin:$(PATH):/usr/local/go/bin
 IMAGE_TAG := $(shell sha256sum tools/lab/build-images.sh | cut -c1-12)
 export FLEETMESH_DEBIAN_IMAGE := localhost/fleetmesh-lab-debian12:$(IMAGE_TAG)
 export FLEETMESH_RHEL_IMAGE := $(or $(FLEETMESH_EL9_IMAGE),localhost/fleetmesh-lab-el9-emulated:$(IMAGE_TAG))
 N ?= 3
 
 
-.PHONY: help setup kube-build demo demo-down test lab-up lab-down lint sanity unit integration molecule bench lock build clean
+.PHONY: help setup doctor kube-build demo demo-down test lab-up lab-down lint sanity unit integration molecule bench lock build clean
 
 help:
 	@echo "make demo   run the main job on the embedded lab (sets everything up)"
 	@echo "make test   run the whole test suite (sets everything up)"
-	@echo "other: setup kube-build lab-up [N=3] lab-down lint sanity unit integration molecule bench build lock"
+	@echo "other: setup doctor kube-build lab-up [N=3] lab-down lint sanity unit integration molecule bench build lock"
 
+# Every set-up step but kube (kube-build): everything a test asserts is prepared here.
 setup:
-	@tools/setup.sh apt venv envoy images link
+	@tools/setup.sh apt venv envoy images sanity link
+
+# A few seconds: every command the scripts call, podman reading tools/lab/containers.conf, and a throwaway
+# systemd container from the lab image on the lab network. demo and test run it before anything long.
+doctor: setup
+	@tools/doctor.sh
 
 kube-build: setup
 	@tools/setup.sh kube
@@ -37,7 +44,7 @@ lab-down:
 # The demo's Kubernetes API: the real kube-apiserver on loopback, left running for a look
 # afterwards (make demo-down stops it with the lab).
 DEMO_KUBE := $(ROOT)/.lab/kube
-demo: setup kube-build lab-up
+demo: setup doctor kube-build lab-up
 	python tests/harness/kubeapi.py start --state-dir $(DEMO_KUBE) --namespace fleet-lab
 	ansible-playbook playbooks/lab_demo.yml -e fleetmesh_kubeconfig=$(DEMO_KUBE)/registrar.kubeconfig \
 	  -e workload_certs_lab_ca_dir=$(ROOT)/.lab/ca
@@ -47,9 +54,12 @@ demo-down: lab-down
 
 # The whole suite runs under one pytest so CI ends with pytest's summary line. Quality
 # gates (ruff, yamllint, ansible-lint, ansible-test sanity) and molecule are pytest tests too.
-test: setup kube-build
-	@tools/lab/lab.sh down >/dev/null  # every run starts from fresh lab VMs
-	pytest -p no:cacheprovider tests/quality tests/unit tests/integration tests/molecule
+# Every run starts from fresh lab VMs and leaves none running, also when pytest fails (its exit code is kept;
+# a failed lab-down after a passing run fails the target).
+test: setup doctor kube-build
+	@tools/lab/lab.sh down >/dev/null
+	pytest -p no:cacheprovider tests/quality tests/unit tests/integration tests/molecule; rc=$$?; \
+	  tools/lab/lab.sh down || { [ $$rc -ne 0 ] || rc=2; }; exit $$rc
 
 lint: setup
 	pytest -p no:cacheprovider tests/quality -k "not sanity"

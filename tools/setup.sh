@@ -2,7 +2,10 @@
 # One-command set-up for a fresh Debian 12 machine (run as root). Idempotent: when everything
 # is in place it only checks, in a few seconds.
 #
-#   tools/setup.sh [apt] [venv] [envoy] [images] [kube] [link]   (default: all but kube)
+#   tools/setup.sh [apt] [venv] [envoy] [images] [sanity] [link] [kube]   (default: all but kube)
+#
+# `make setup` runs every step but kube (make kube-build runs that one): everything a test asserts is
+# prepared (tests/unit/test_setup_steps.py checks that the Makefile names every step).
 #
 # Caches live outside the work tree, under FLEETMESH_CACHE (default /var/cache/fleetmesh), so
 # a fresh clone on the same machine reuses them.
@@ -14,8 +17,12 @@ steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(apt venv envoy images sanity link
 say() { echo "setup: $*"; }
 die() { echo "setup: ERROR: $*" >&2; exit 2; }
 
-APT_PACKAGES=(podman runc netavark mmdebstrap rpm createrepo-c dpkg-dev fakeroot openssh-client
-  iproute2 curl ca-certificates gzip unzip git make python3-venv)
+# apt runs with --no-install-recommends, so every package a script relies on is named here, also when another
+# program calls it (netavark runs iptables). tools/doctor.sh's COMMANDS table says which command comes from
+# which package; tests/unit/test_setup_steps.py keeps the two and the scripts in step. Go is not an apt
+# package here (Debian's is too old): it is expected in /usr/local/go, and the doctor says so when it is not.
+APT_PACKAGES=(podman runc netavark iptables mmdebstrap rpm createrepo-c dpkg-dev fakeroot openssh-client
+  iproute2 curl ca-certificates openssl gzip unzip git make python3 python3-minimal python3-venv shellcheck)
 
 step_apt() {
   [ -r /etc/debian_version ] || die "this set-up needs Debian 12 (no /etc/debian_version found)"

@@ -3,8 +3,13 @@
 # over SSH with a per-lab key, exactly as real VMs are.
 #
 #   tools/lab/lab.sh up [N]    create N VMs (default 3: two Debian 12, one EL 9 emulation)
-#   tools/lab/lab.sh down      remove every lab VM, the lab network and generated state
+#   tools/lab/lab.sh down      remove every lab VM (of any checkout), the lab network and generated state
 #   tools/lab/lab.sh status    list lab VMs
+#
+# `up` fails (exit 1, naming them) when any VM does not answer SSH within FLEETMESH_LAB_SSH_TIMEOUT seconds
+# (default 90). Each VM is labelled with the checkout that made it (fleetmesh-lab-checkout: a hash of this
+# checkout's path; fleetmesh-lab-root: the path). `up` replaces a VM of the same name that another checkout
+# made (a CI clone's VMs hold that clone's SSH key) or that runs another image; it keeps its own.
 #
 # Two thirds of the VMs (rounded up) are Debian, the rest EL. VM addresses are fixed on the
 # dedicated network fleetmesh-lab (10.213.77.0/24): Debian from .11, EL from .51.
@@ -20,6 +25,8 @@ tag="$(sha256sum "$here/build-images.sh" | cut -c1-12)"
 deb_image="localhost/fleetmesh-lab-debian12:$tag"
 el_image="${FLEETMESH_EL9_IMAGE:-localhost/fleetmesh-lab-el9-emulated:$tag}"
 inv_extra="$root/inventories/lab/generated_hosts.yml"
+checkout="$(printf '%s' "$root" | sha256sum | cut -c1-16)"
+ssh_timeout="${FLEETMESH_LAB_SSH_TIMEOUT:-90}"
 
 die() { echo "lab: $*" >&2; exit 2; }
 command -v podman >/dev/null || die "podman is missing; run 'make setup' (apt-get install podman runc)"
@@ -56,13 +63,38 @@ write_inventory() { # the committed hosts.yml names the default 3; more VMs go i
   } > "$inv_extra"
 }
 
-wait_ssh() {
-  local name="$1" ip="$2" deadline=$((SECONDS + 90))
+wait_ssh() { # NAME IP: 0 once the VM answers SSH with this checkout's key, 1 after ssh_timeout seconds
+  local name="$1" ip="$2" deadline=$((SECONDS + ssh_timeout))
   until ssh -q -i "$state/ssh/id_ed25519" -o BatchMode=yes -o StrictHostKeyChecking=no \
       -o UserKnownHostsFile=/dev/null -o ConnectTimeout=2 "fleetadmin@$ip" true 2>/dev/null; do
-    [ $SECONDS -lt $deadline ] || die "$name ($ip) did not answer SSH within 90 s; see 'podman logs $name'"
+    if [ $SECONDS -ge $deadline ]; then
+      echo "lab: $name ($ip) did not answer SSH within $ssh_timeout s; see 'podman logs $name'" >&2
+      return 1
+    fi
     sleep 0.5
   done
+}
+
+# Keep an existing container NAME only if this checkout made it from IMAGE; remove it otherwise.
+# Sets kept=1 when it is kept.
+reuse_or_remove() {
+  local name="$1" image="$2" info lab mine path have
+  kept=0
+  podman container exists "$name" || return 0
+  info="$(podman inspect -f '{{index .Config.Labels "fleetmesh-lab"}}|{{index .Config.Labels "fleetmesh-lab-checkout"}}|{{index .Config.Labels "fleetmesh-lab-root"}}|{{.ImageName}}' "$name")"
+  IFS='|' read -r lab mine path have <<<"$info"
+  if [ "$lab" != 1 ]; then
+    die "a container named $name exists that is not a lab VM (no label fleetmesh-lab=1); remove or rename it (podman rm -f $name), then run lab.sh up again"
+  fi
+  if [ "$mine" != "$checkout" ]; then
+    case "$path" in ""|"<no value>") path="a checkout that did not label it" ;; esac
+    echo "lab: replacing $name: another checkout made it ($path); its VMs hold that checkout's SSH key" >&2
+  elif [ "$have" != "$image" ]; then
+    echo "lab: replacing $name: it runs $have, the lab image is now $image" >&2
+  else
+    kept=1; return 0
+  fi
+  podman rm -f -t 0 "$name" >/dev/null
 }
 
 up() {
@@ -79,23 +111,32 @@ up() {
   for have in $(podman ps -a --filter label=fleetmesh-lab --format '{{.Names}}'); do
     grep -qx "$have" <<<"$want" || podman rm -f -t 0 "$have" >/dev/null
   done
-  local name ip fam image started=()
+  local name ip fam image kept started=()
   while read -r name ip fam; do
-    if podman container exists "$name"; then
+    image="$deb_image"; [ "$fam" = el ] && image="$el_image"
+    reuse_or_remove "$name" "$image"
+    if [ "$kept" = 1 ]; then
       [ "$(podman inspect -f '{{.State.Running}}' "$name")" = true ] || podman start "$name" >/dev/null
       continue
     fi
-    image="$deb_image"; [ "$fam" = el ] && image="$el_image"
     podman run -d --name "$name" --hostname "$name" --label fleetmesh-lab=1 \
+      --label "fleetmesh-lab-checkout=$checkout" --label "fleetmesh-lab-root=$root" \
       --network "$net" --ip "$ip" --systemd=always --ulimit nofile=16384:16384 --ulimit nproc=4096:4096 --cap-add SYS_ADMIN --cap-add NET_ADMIN \
       --tmpfs /tmp --tmpfs /run \
       -v "$state/authorized_keys:/etc/ssh/lab_authorized_keys:ro" \
       "$image" /sbin/init >/dev/null
     started+=("$name")
   done < <(names_for "$n")
-  while read -r name ip fam; do wait_ssh "$name" "$ip" & done < <(names_for "$n")
-  wait
+  # Every VM must answer: collect each background wait's status (a bare `wait` would return 0).
+  local -A waits=()
+  while read -r name ip fam; do wait_ssh "$name" "$ip" & waits[$name]=$!; done < <(names_for "$n")
+  local dead=()
+  while read -r name ip fam; do wait "${waits[$name]}" || dead+=("$name ($ip)"); done < <(names_for "$n")
   write_inventory "$n"
+  if [ ${#dead[@]} -gt 0 ]; then
+    echo "lab: FAILED: ${#dead[@]} of $n VMs do not answer SSH: ${dead[*]}; see 'podman logs NAME'; 'make lab-down lab-up' recreates them" >&2
+    exit 1
+  fi
   echo "lab: $n VMs up (${#started[@]} new): $(names_for "$n" | awk '{printf "%s=%s ", $1, $2}')"
 }
 
