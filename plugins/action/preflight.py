@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 
 import yaml
+from ansible.errors import AnsibleUndefinedVariable
 from ansible.plugins.action import ActionBase
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import model
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import registration
@@ -41,6 +42,7 @@ ONBOARD_FLAGS = {
 }
 _ROLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'roles')
 _NOT_SET = object()
+_LATER = object()  # a template that needs what is not known yet (facts): judged by the role's own check later
 
 
 def role_defaults(role):
@@ -51,11 +53,15 @@ def role_defaults(role):
 
 
 def _get(hostvars, var):
-    """A host variable, templated; _NOT_SET when undefined; the exception when its template fails."""
+    """A host variable, templated; _NOT_SET when undefined, _LATER when its template needs a fact not gathered yet,
+    the exception when its template fails otherwise."""
     try:
         value = hostvars[var]
     except KeyError:
         return _NOT_SET
+    except AnsibleUndefinedVariable as exc:
+        # A fact (ansible_*) is known once the play gathers it; any other undefined name is a mistake now.
+        return _LATER if "'ansible_" in str(exc) else exc
     except Exception as exc:  # pylint: disable=broad-except  # reported as an error of that variable
         return exc
     return _NOT_SET if value is None else value
@@ -63,7 +69,7 @@ def _get(hostvars, var):
 
 def _flag(hostvars, var, default):
     value = _get(hostvars, var)
-    if value is _NOT_SET or isinstance(value, Exception):
+    if value is _NOT_SET or value is _LATER or isinstance(value, Exception):
         return default
     return value if isinstance(value, bool) else str(value).lower() in ('1', 'true', 'yes', 'on')
 
@@ -121,17 +127,22 @@ class ActionModule(ActionBase):
     @staticmethod
     def _check_host(host, hostvars, checks, defaults, gated):
         errors = []
-        values = {}
-        for var in model.MODEL_VARS:
+        values = {}  # every collection variable set for the host, templated
+        later = set()
+        for var in sorted(k for k in hostvars if isinstance(k, str) and k.startswith(model.COLLECTION_PREFIXES)):
             value = _get(hostvars, var)
-            if isinstance(value, Exception):
+            if value is _LATER:
+                later.add(var)
+            elif isinstance(value, Exception):
                 errors.append('host %s: %s: cannot be resolved (%s); allowed: a value whose templates resolve'
                               % (host, var, (str(value).splitlines() or [type(value).__name__])[0][:300]))
             elif value is not _NOT_SET:
                 values[var] = value
-        workload, found = model.resolve(host, values) if not errors else (None, [])
+        errors.extend(model.check_collection_vars(host, values))
+        if errors or later & (set(model.MODEL_VARS) - {'fleetmesh_address'}):
+            return errors, None
+        workload, found = model.resolve(host, dict((k, values[k]) for k in model.MODEL_VARS if k in values))
         errors.extend(found)
-        errors.extend(model.check_collection_vars(host, hostvars))
         if workload is None:
             return errors, None
         for check in checks:
@@ -140,20 +151,14 @@ class ActionModule(ActionBase):
                 continue
             if gated and not _flag(hostvars, *ONBOARD_FLAGS.get(check, ('', True))):
                 continue
-            variables = dict(values)
-            variables.update(defaults.get(role, {}))
-            prefix = role + '_'
-            for var in hostvars:
-                if isinstance(var, str) and var.startswith(prefix):
-                    value = _get(hostvars, var)
-                    if value is not _NOT_SET and not isinstance(value, Exception):
-                        variables[var] = value
+            variables = dict(defaults.get(role, {}))
+            variables.update(values)
             for name in ('inventory_hostname', 'ansible_host'):
                 value = _get(hostvars, name)
                 if isinstance(value, str):
                     variables[name] = value
-            if check in ('istio_sidecar', 'istio_sidecar_absent', 'envoy', 'workload_certs'):
-                errors.extend('host %s: %s' % (host, error) for error in validate_model(variables, [check]))
+            errors.extend('host %s: %s' % (host, error) for error in validate_model(variables, [check])
+                          if not error.startswith(tuple(later)))
         return errors, workload
 
     @staticmethod
@@ -177,7 +182,7 @@ class ActionModule(ActionBase):
         for var in hostvars:
             if isinstance(var, str) and var.startswith('mesh_registration_'):
                 value = _get(hostvars, var)
-                if value is not _NOT_SET and not isinstance(value, Exception):
+                if value is not _NOT_SET and value is not _LATER and not isinstance(value, Exception):
                     params[var[len('mesh_registration_'):]] = value
         params['endpoints'] = endpoints
         params['registration'] = params.get('set') or str(params.get('group', 'all')).lower().replace('_', '-')

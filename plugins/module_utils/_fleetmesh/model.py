@@ -173,20 +173,12 @@ def resolve(host: str, variables: Mapping) -> Tuple[Optional[Workload], List[str
         cluster_domain=values.get('fleetmesh_cluster_domain') or DEFAULT_CLUSTER_DOMAIN), []
 
 
-def check_collection_vars(host: str, variables: Mapping, skip: Iterable[str] = ()) -> List[str]:
-    """Control characters in any variable of the collection set for a host (model vars are checked by resolve)."""
+def check_collection_vars(host: str, variables: Mapping) -> List[str]:
+    """Control characters in the variables of the collection set for a host (model vars are checked by resolve)."""
     errors: List[str] = []
-    skipped = set(skip) | set(MODEL_VARS)
     for var in sorted(k for k in variables if isinstance(k, str)):
-        if var in skipped or not var.startswith(COLLECTION_PREFIXES):
-            continue
-        try:
-            value = variables[var]
-        except Exception as exc:  # pylint: disable=broad-except  # a template error is reported, not raised
-            errors.extend(_on(host, ['%s: cannot be resolved (%s); allowed: a value whose templates resolve'
-                                     % (var, (str(exc).splitlines() or [type(exc).__name__])[0][:300])]))
-            continue
-        errors.extend(_on(host, v.check_no_control(var, value)))
+        if var not in MODEL_VARS and var.startswith(COLLECTION_PREFIXES):
+            errors.extend(_on(host, v.check_no_control(var, variables[var])))
     return errors
 
 

@@ -1,0 +1,50 @@
+"""fleetmesh.envoy.preflight and the target check, run by ansible-playbook without contacting any host.
+
+The lab inventory and the production-shaped example pass (no false alarm); values from facts that are not gathered
+yet are left to the roles; an undefined variable that is not a fact, and a host pattern matching nothing, fail.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tests.integration.labutil import extra, playbook
+
+ONLY = "tests/integration/playbooks/preflight_only.yml"
+
+
+def only(tmp_path, inventory="inventories/lab", **kw):
+    out = tmp_path / "workloads.json"
+    run = playbook(ONLY, *extra(preflight_out=str(out), **kw), inventory=inventory)
+    return run, (json.loads(out.read_text()) if run.rc == 0 else None)
+
+
+def test_lab_inventory_passes_and_the_model_is_resolved(tmp_path):
+    run, found = only(tmp_path, target="lab")
+    assert run.rc == 0, run.out[-3000:]
+    assert set(found) == {"fm-deb-1", "fm-deb-2", "fm-el-1"}
+    assert found["fm-deb-1"]["spiffe_id"] == "spiffe://cluster.local/ns/fleet-lab/sa/web"
+    assert found["fm-el-1"]["address"] == "10.213.77.51"
+    assert found["fm-deb-2"]["dns_names"][-1] == "web.fleet-lab.svc.cluster.local"
+
+
+def test_example_inventory_passes(tmp_path):
+    run, found = only(tmp_path, inventory="inventories/example", target="all")
+    assert run.rc == 0, run.out[-3000:]
+    assert len(found) >= 3
+
+
+def test_facts_not_gathered_yet_are_left_to_the_roles_but_other_undefined_names_fail(tmp_path):
+    later, found = only(tmp_path, target="lab", fleetmesh_address="{{ ansible_default_ipv4.address }}")
+    assert later.rc == 0, later.out[-3000:]
+    assert found["fm-deb-1"]["address"] is None
+    typo, _ = only(tmp_path, target="lab", envoy_log_level="{{ envoy_log_levle }}")
+    assert typo.rc != 0
+    assert "host fm-deb-1: envoy_log_level: cannot be resolved ('envoy_log_levle' is undefined)" in typo.out
+
+
+def test_a_pattern_that_matches_no_host_fails_naming_it():
+    run = playbook("onboard.yml", *extra(target="web-typo"))
+    assert run.rc != 0
+    assert 'The host pattern "web-typo" (target) matches no host of the inventory' in " ".join(run.out.split())
+    assert "fm-deb-1" not in run.recap
