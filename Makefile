@@ -34,7 +34,7 @@ doctor: setup
 kube-build: setup
 	@tools/setup.sh kube
 
-lab-up: setup
+lab-up: setup doctor
 	@tools/lab/lab.sh up $(N)
 
 lab-down:
