@@ -247,6 +247,7 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.sysuser import ensure_system_user
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import pki
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.duration import parse_duration
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.validation import (
     ALLOWED_DURATION,
     check_san_list,
@@ -478,7 +479,7 @@ def main():
             module.no_log_values.add(item)
     errors = check_spiffe_id('spiffe_id', params['spiffe_id']) + check_san_list('sans', params['sans'])
     try:
-        lifetime = pki.parse_duration(params['lifetime'])
+        lifetime = parse_duration(params['lifetime'])
     except ValueError:
         errors.append('lifetime: %r is not a valid duration; allowed: %s' % (params['lifetime'], ALLOWED_DURATION))
         lifetime = 0

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import ca as ca_lib
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import pki
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -172,7 +173,7 @@ def assert_files_ok(host: str, owner: str = "envoy", key_type: str = "EC", chain
                     sans: list[str] | None = None, certs: str = CERTS) -> pki.Cert:
     chain_pem, root_pem = installed(host, certs)
     # the chain verifies to the root, here and on the host with openssl
-    assert pki.verify_chain(chain_pem, root_pem) == []
+    assert ca_lib.verify_chain(chain_pem, root_pem) == []
     out = sh(host, f"openssl verify -CAfile {certs}/root-cert.pem -untrusted {certs}/cert-chain.pem "
                    f"{certs}/cert-chain.pem")
     assert out.strip().endswith(": OK"), out
@@ -497,8 +498,9 @@ def test_kubernetes_cacerts_source(lab, lab_ca_dir, tmp_path, kube_api):
 @pytest.mark.kube
 def test_legacy_secret_source_is_opt_in_and_warns(lab, lab_ca_dir, tmp_path, kube_api):
     files = _ca_files(tmp_path, depth=1)
-    ca = pki.CA(Path(files["workload_certs_ca_cert"]).read_bytes(), Path(files["workload_certs_ca_key"]).read_bytes(),
-                Path(files["workload_certs_ca_chain"]).read_bytes(), None, "test")
+    ca = ca_lib.CA(Path(files["workload_certs_ca_cert"]).read_bytes(),
+                   Path(files["workload_certs_ca_key"]).read_bytes(),
+                   Path(files["workload_certs_ca_chain"]).read_bytes(), None, "test")
     key = ec.generate_private_key(ec.SECP256R1())
     key_text = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                  serialization.NoEncryption()).decode()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import test_workload_certs as wc
 import yaml
-from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import pki
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import ca as ca_lib
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -93,7 +93,7 @@ def get_front(timeout: float = 3.0) -> tuple[int, str]:
         conn.close()
 
 
-def client_cert(tmp_path: Path, ca: pki.CA, spiffe_id: str, name: str) -> tuple[str, str, str]:
+def client_cert(tmp_path: Path, ca: ca_lib.CA, spiffe_id: str, name: str) -> tuple[str, str, str]:
     """(chain file, key file, root file) of a throw-away client certificate signed by `ca` on the controller."""
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (x509.CertificateSigningRequestBuilder()
@@ -170,11 +170,11 @@ def test_envoy_a_calls_envoy_b_over_mtls(mesh):
 
 
 def test_b_accepts_a_cert_of_the_mesh_and_rejects_others_in_the_handshake(mesh, lab_ca_dir, tmp_path):
-    ca, _created = pki.lab_ca(str(lab_ca_dir))
+    ca, _created = ca_lib.lab_ca(str(lab_ca_dir))
     good = client_cert(tmp_path, ca, SPIFFE, "good")
     assert call_b(good[2], good[:2]).startswith("HTTP/1.1 200")
     # a certificate from another CA
-    other_ca = pki.lab_ca(str(tmp_path / "other-ca"))[0]
+    other_ca = ca_lib.lab_ca(str(tmp_path / "other-ca"))[0]
     foreign = client_cert(tmp_path, other_ca, SPIFFE, "foreign")
     with pytest.raises(ssl.SSLError, match="(?i)unknown.ca|certificate|alert"):
         call_b(good[2], foreign[:2])
@@ -246,7 +246,7 @@ def test_rotation_hot_restarts_envoy_without_failures(mesh, lab_ca_dir, tmp_path
         assert sh(host, f"systemctl show -p MainPID --value {UNIT}").strip() == pids[host]  # not a restart
         assert f"changed: [{host}] => (item={UNIT})" in run.out
     # the new certificates are the ones served
-    ca, _created = pki.lab_ca(str(lab_ca_dir))
+    ca, _created = ca_lib.lab_ca(str(lab_ca_dir))
     good = client_cert(tmp_path, ca, SPIFFE, "after")
     assert call_b(good[2], good[:2]).startswith("HTTP/1.1 200")
     again = ok(rotate(tmp_path, lab_ca_dir, {"rotate_certs_hosts": f"{A}:{B}", "workload_certs_lifetime": "2h",

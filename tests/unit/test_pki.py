@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import ca as ca_lib
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import pki, validation
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.duration import parse_duration
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -85,9 +87,9 @@ class Hierarchy:
         self.signing = parent
         self.signing_key = parent_key
 
-    def ca(self, **kw) -> pki.CA:
+    def ca(self, **kw) -> ca_lib.CA:
         chain = pem(*reversed(self.intermediates[:-1]), self.root) if self.intermediates else None
-        return pki.CA(pem(self.signing), key_pem(self.signing_key), chain, None, "test", **kw)
+        return ca_lib.CA(pem(self.signing), key_pem(self.signing_key), chain, None, "test", **kw)
 
 
 def run(cmd):
@@ -112,9 +114,9 @@ def new_key_file(backend, tmp_path: Path, key_type: str = "ec", size: int = 2048
     return str(path)
 
 
-def issue(ca: pki.CA, backend, key_path: str, dns=(), ips=(), lifetime=DAY, now=None):
+def issue(ca: ca_lib.CA, backend, key_path: str, dns=(), ips=(), lifetime=DAY, now=None):
     csr = backend.csr(key_path, SPIFFE, list(dns), list(ips), "cluster.local")
-    errors, requested = pki.check_csr(csr, SPIFFE, list(dns), list(ips))
+    errors, requested = ca_lib.check_csr(csr, SPIFFE, list(dns), list(ips))
     assert errors == []
     return ca.sign(csr, SPIFFE, requested["dns"], requested["ips"], lifetime, subject_cn="fm-deb-1",
                    organization="cluster.local", now=now)
@@ -137,13 +139,13 @@ def openssl_verify(tmp_path: Path, chain: str, root: str) -> tuple[int, str]:
     ("1d2h3m4s", DAY + 2 * HOUR + 184),
 ])
 def test_parse_duration(text, seconds):
-    assert pki.parse_duration(text) == seconds
+    assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "0", "0s", "1x", "h", "1m1h", "-5", True, "1.5h"])
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError):
-        pki.parse_duration(text)
+        parse_duration(text)
 
 
 def test_format_duration_and_default_renew_before():
@@ -220,7 +222,7 @@ def test_chain_with_intermediates_verifies_to_root(tmp_path, backend, depth):
     assert len(chain) == 1 + depth  # leaf + intermediates, never the root
     assert all(not c.self_signed for c in chain[1:])
     assert pki.load_certs(issued["root_cert"])[0].der == hierarchy.root.public_bytes(serialization.Encoding.DER)
-    assert pki.verify_chain(issued["cert_chain"], issued["root_cert"]) == []
+    assert ca_lib.verify_chain(issued["cert_chain"], issued["root_cert"]) == []
     rc, out = openssl_verify(tmp_path, issued["cert_chain"], issued["root_cert"])
     assert rc == 0, out
     # the key matches the certificate, and the URI SAN is exactly the SPIFFE ID
@@ -236,7 +238,7 @@ def test_chain_with_intermediates_verifies_to_root(tmp_path, backend, depth):
 def test_verify_chain_catches_a_foreign_root(tmp_path, backend):
     issued = issue(Hierarchy(1).ca(), backend, new_key_file(backend, tmp_path))
     other_root = pem(Hierarchy(0).root)
-    errors = pki.verify_chain(issued["cert_chain"], other_root)
+    errors = ca_lib.verify_chain(issued["cert_chain"], other_root)
     assert errors and "is not signed by" in errors[0]
     rc, _out = openssl_verify(tmp_path, issued["cert_chain"], other_root)
     assert rc != 0
@@ -299,7 +301,7 @@ def test_key_backend_selection():
 def test_ca_cert_and_key_mismatch():
     hierarchy = Hierarchy(1)
     with pytest.raises(pki.PKIError, match="do not match"):
-        pki.CA(pem(hierarchy.signing), key_pem(ec_key()), pem(hierarchy.root), None, "test")
+        ca_lib.CA(pem(hierarchy.signing), key_pem(ec_key()), pem(hierarchy.root), None, "test")
 
 
 def test_expired_ca():
@@ -320,13 +322,13 @@ def test_ca_that_is_not_a_ca():
     key = ec_key()
     leafish = make_ca_cert("not a ca", key, root.subject, root_key, ca=False)
     with pytest.raises(pki.PKIError, match="not a CA certificate"):
-        pki.CA(pem(leafish), key_pem(key), pem(root), None, "test")
+        ca_lib.CA(pem(leafish), key_pem(key), pem(root), None, "test")
 
 
 def test_incomplete_chain_is_refused():
     hierarchy = Hierarchy(2)
     with pytest.raises(pki.PKIError, match="does not reach a self-signed root"):
-        pki.CA(pem(hierarchy.signing), key_pem(hierarchy.signing_key), pem(hierarchy.root), None, "test")
+        ca_lib.CA(pem(hierarchy.signing), key_pem(hierarchy.signing_key), pem(hierarchy.root), None, "test")
 
 
 def test_chain_with_a_forged_link_is_refused():
@@ -334,13 +336,13 @@ def test_chain_with_a_forged_link_is_refused():
     impostor_key = ec_key()
     impostor_root = make_ca_cert("root", impostor_key, days=3650)  # same name, other key
     with pytest.raises(pki.PKIError, match="does not reach a self-signed root"):
-        pki.CA(pem(hierarchy.signing), key_pem(hierarchy.signing_key), pem(impostor_root), None, "test")
+        ca_lib.CA(pem(hierarchy.signing), key_pem(hierarchy.signing_key), pem(impostor_root), None, "test")
 
 
 def test_explicit_root_must_be_the_chain_root():
     hierarchy = Hierarchy(1)
     with pytest.raises(pki.PKIError, match="not at the given root"):
-        pki.CA(pem(hierarchy.signing), key_pem(hierarchy.signing_key), pem(hierarchy.root), pem(Hierarchy(0).root),
+        ca_lib.CA(pem(hierarchy.signing), key_pem(hierarchy.signing_key), pem(hierarchy.root), pem(Hierarchy(0).root),
                "test")
 
 
@@ -356,25 +358,25 @@ def test_istio_cacerts_layout(tmp_path, backend):
     hierarchy = Hierarchy(1)
     data = {"ca-cert.pem": pem(hierarchy.signing).encode(), "ca-key.pem": key_pem(hierarchy.signing_key).encode(),
             "root-cert.pem": pem(hierarchy.root).encode(), "cert-chain.pem": pem(hierarchy.signing, hierarchy.root)}
-    ca = pki.ca_from_istio_cacerts(data, "Secret istio-system/cacerts")
+    ca = ca_lib.ca_from_istio_cacerts(data, "Secret istio-system/cacerts")
     issued = issue(ca, backend, new_key_file(backend, tmp_path))
     assert len(pki.load_certs(issued["cert_chain"])) == 2
-    assert pki.verify_chain(issued["cert_chain"], issued["root_cert"]) == []
+    assert ca_lib.verify_chain(issued["cert_chain"], issued["root_cert"]) == []
     with pytest.raises(pki.PKIError, match="lacks ca-key.pem"):
-        pki.ca_from_istio_cacerts({"ca-cert.pem": data["ca-cert.pem"], "root-cert.pem": data["root-cert.pem"]}, "s")
+        ca_lib.ca_from_istio_cacerts({"ca-cert.pem": data["ca-cert.pem"], "root-cert.pem": data["root-cert.pem"]}, "s")
 
 
 def test_lab_ca_is_persisted_private_and_reused(tmp_path):
     directory = tmp_path / "lab-ca"
-    ca, created = pki.lab_ca(str(directory))
+    ca, created = ca_lib.lab_ca(str(directory))
     assert created
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     for name in ("ca-key.pem", "root-key.pem"):
         assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600
     assert len(ca.chain_certs) == 1 and ca.root != ca.cert  # an intermediate signs
-    again, created_again = pki.lab_ca(str(directory))
+    again, created_again = ca_lib.lab_ca(str(directory))
     assert not created_again and again.public() == ca.public()
-    memory_only, created_memory = pki.lab_ca(str(tmp_path / "check-mode"), persist=False)
+    memory_only, created_memory = ca_lib.lab_ca(str(tmp_path / "check-mode"), persist=False)
     assert created_memory and not (tmp_path / "check-mode").exists()
     assert "PRIVATE KEY" not in json.dumps(ca.public())
 
@@ -394,7 +396,7 @@ def test_csr_policy_accepts_exact_identity():
     import ipaddress
     csr = _csr(ec_key(), [x509.UniformResourceIdentifier(SPIFFE), x509.DNSName("FM-DEB-1"),
                           x509.IPAddress(ipaddress.ip_address("10.213.77.11"))])
-    errors, requested = pki.check_csr(csr, SPIFFE, ["fm-deb-1"], ["10.213.77.11"])
+    errors, requested = ca_lib.check_csr(csr, SPIFFE, ["fm-deb-1"], ["10.213.77.11"])
     assert errors == [] and requested["uris"] == [SPIFFE]
 
 
@@ -410,7 +412,7 @@ def test_csr_policy_accepts_exact_identity():
     ([x509.UniformResourceIdentifier(SPIFFE), x509.RFC822Name("a@example.com")], "kinds other than"),
 ])
 def test_csr_policy_refuses_san_outside_the_pattern(sans, message):
-    errors, _requested = pki.check_csr(_csr(ec_key(), sans), SPIFFE, ["fm-deb-1"], ["10.213.77.11"])
+    errors, _requested = ca_lib.check_csr(_csr(ec_key(), sans), SPIFFE, ["fm-deb-1"], ["10.213.77.11"])
     assert any(message in error for error in errors), errors
 
 
@@ -418,15 +420,15 @@ def test_csr_policy_refuses_bad_signature_weak_key_and_garbage():
     csr = _csr(ec_key(), [x509.UniformResourceIdentifier(SPIFFE)])
     der = bytearray(pki.pem_blocks(csr)[0])
     der[-3] ^= 0x55  # flip bits in the signature
-    errors = pki.check_csr(pki.der_to_pem(bytes(der), "CERTIFICATE REQUEST"), SPIFFE, [], [])[0]
+    errors = ca_lib.check_csr(pki.der_to_pem(bytes(der), "CERTIFICATE REQUEST"), SPIFFE, [], [])[0]
     assert any("signature does not verify" in e or "cannot be read" in e for e in errors), errors
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    errors = pki.check_csr(_csr(weak, [x509.UniformResourceIdentifier(SPIFFE)]), SPIFFE, [], [])[0]
+    errors = ca_lib.check_csr(_csr(weak, [x509.UniformResourceIdentifier(SPIFFE)]), SPIFFE, [], [])[0]
     assert any("1024 bits" in e for e in errors)
-    assert pki.check_csr("nonsense", SPIFFE, [], [])[0] == ["no PEM certificate request"]
+    assert ca_lib.check_csr("nonsense", SPIFFE, [], [])[0] == ["no PEM certificate request"]
     no_san = (x509.CertificateSigningRequestBuilder().subject_name(_name("x")).sign(ec_key(), hashes.SHA256())
               .public_bytes(serialization.Encoding.PEM).decode())
-    assert "no subjectAltName" in pki.check_csr(no_san, SPIFFE, [], [])[0][0]
+    assert "no subjectAltName" in ca_lib.check_csr(no_san, SPIFFE, [], [])[0][0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,7 +491,7 @@ def test_renew_when_only_the_intermediate_rotates(tmp_path, backend):
     issued = issue(hierarchy.ca(), backend, key_path, lifetime=30 * DAY)
     new_key = ec_key()
     new_int = make_ca_cert("int1-rotated", new_key, hierarchy.root.subject, hierarchy.root_key, days=300)
-    rotated = pki.CA(pem(new_int), key_pem(new_key), pem(hierarchy.root), None, "rotated")
+    rotated = ca_lib.CA(pem(new_int), key_pem(new_key), pem(hierarchy.root), None, "rotated")
     got = pki.reissue_reasons(issued["cert_chain"], issued["root_cert"], backend.public_spki(key_path), SPIFFE, [], [],
                               30 * DAY, 10 * DAY, rotated.public()["root_cert"], rotated.public()["intermediates"])
     assert [r.split(":")[0] for r in got] == ["ca_changed"]
@@ -610,7 +612,7 @@ def test_workload_csr_module_lifecycle(tmp_path, me, backend_name):
     fingerprint = result["key"]["fingerprint"]
     # sign and install, then the module is content
     ca = Hierarchy(1).ca()
-    errors, req = pki.check_csr(result["csr"], SPIFFE, [], ["10.213.77.11"])
+    errors, req = ca_lib.check_csr(result["csr"], SPIFFE, [], ["10.213.77.11"])
     assert errors == []
     issued = ca.sign(result["csr"], SPIFFE, req["dns"], req["ips"], HOUR)
     install = dict(base, state="installed", cert_chain=issued["cert_chain"], root_cert=issued["root_cert"])
@@ -706,3 +708,25 @@ def test_host_side_code_parses_as_python_38(path):
     banned = {"removeprefix", "removesuffix"}
     names = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
     assert not names & banned  # str methods of Python 3.9+
+
+
+def _module_utils_closure(path: Path, seen: set) -> set:
+    """Names of the collection's module_utils a plugin file imports, directly or through other module_utils."""
+    base = "ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(base):
+            names = [a.name for a in node.names] if node.module == base else [node.module.rsplit(".", 1)[1]]
+            for name in set(names) - seen:
+                seen.add(name)
+                _module_utils_closure(PLUGINS / "module_utils" / "_fleetmesh" / f"{name}.py", seen)
+    return seen
+
+
+PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+
+
+@pytest.mark.parametrize("module", ["workload_csr", "cert_info"])
+def test_host_modules_do_not_ship_the_controller_side(module):
+    shipped = _module_utils_closure(PLUGINS / "modules" / f"{module}.py", set())
+    assert "pki" in shipped and "ca" not in shipped, shipped
+    assert "ca" in _module_utils_closure(PLUGINS / "action" / "workload_sign.py", set())

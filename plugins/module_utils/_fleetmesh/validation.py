@@ -29,6 +29,8 @@ from collections import namedtuple
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.duration import parse_duration
+
 
 class ValidationError(ValueError):
     """Raised by ``ensure`` with every message of a failed check."""
@@ -415,29 +417,7 @@ ALLOWED_POSIX_NAME = ("a user or group name: lowercase letters, digits, '_' and 
 WORKLOAD_CERTS_SOURCES = ('lab_ca', 'files', 'kubernetes', 'legacy_secret')
 WORKLOAD_CERTS_KEY_TYPES = ('ec', 'rsa')
 WORKLOAD_CERTS_RSA_KEY_SIZES = (2048, 3072, 4096)
-_DURATION_RE = re.compile(r'^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$')
 _POSIX_NAME_RE = re.compile(r'^[a-z_][a-z0-9_-]{0,31}$')
-
-
-def parse_duration(value: Any) -> int:
-    """Seconds in a duration (30d, 12h, 1h30m, 90s, or a number of seconds); ValueError when not positive."""
-    if isinstance(value, bool):
-        raise ValueError('not a duration')
-    if isinstance(value, int):
-        seconds = value
-    else:
-        text = str(value).strip().replace(' ', '')
-        if text.isdigit():
-            seconds = int(text)
-        else:
-            match = _DURATION_RE.match(text)
-            if not text or not match or not any(match.groups()):
-                raise ValueError('not a duration')
-            days, hours, minutes, secs = (int(part or 0) for part in match.groups())
-            seconds = ((days * 24 + hours) * 60 + minutes) * 60 + secs
-    if seconds <= 0:
-        raise ValueError('not a positive duration')
-    return seconds
 
 
 def check_duration(var: str, value: Any) -> List[str]:
