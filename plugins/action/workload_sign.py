@@ -19,7 +19,7 @@ import os
 from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
-from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import ca, model, pki
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import ca as ca_lib, model, pki
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.duration import parse_duration
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.validation import (
     ALLOWED_DURATION,
@@ -157,7 +157,7 @@ class ActionModule(ActionBase):
     def _load_ca(self, args, check_mode):
         source = args['source']
         if source == 'lab_ca':
-            return ca.lab_ca(args['lab_ca_dir'], persist=not check_mode)
+            return ca_lib.lab_ca(args['lab_ca_dir'], persist=not check_mode)
         if source == 'files':
             missing = [name for name in ('ca_cert', 'ca_key') if not args[name]]
             if missing:
@@ -173,14 +173,14 @@ class ActionModule(ActionBase):
                         texts[name] = handle.read()
                 except (IOError, OSError) as err:
                     raise SignError('cannot read %s %s on the controller: %s' % (name, path, err.strerror)) from None
-            return ca.CA(texts['ca_cert'], texts['ca_key'], texts.get('ca_chain'), None,
+            return ca_lib.CA(texts['ca_cert'], texts['ca_key'], texts.get('ca_chain'), None,
                           'CA files %s' % args['ca_cert']), False
         kube = KubeSecrets(args['kubeconfig'], args['kube_context'])
         try:
             data = kube.read(args['secret_namespace'], args['secret_name'])
         finally:
             kube.close()
-        return ca.ca_from_istio_cacerts(data, 'Secret %s/%s' % (args['secret_namespace'], args['secret_name'])), False
+        return ca_lib.ca_from_istio_cacerts(data, 'Secret %s/%s' % (args['secret_namespace'], args['secret_name'])), False
 
     def _identity(self, host, task_vars):
         """(SPIFFE ID, allowed DNS names, allowed IPs) of a host, from its inventory variables only."""
@@ -221,7 +221,7 @@ class ActionModule(ActionBase):
             if not registered.get('needs_issue'):
                 not_signed[host] = 'the installed certificate is current'
                 continue
-            errors, requested = ca.check_csr(registered.get('csr'), spiffe, dns, ips)
+            errors, requested = ca_lib.check_csr(registered.get('csr'), spiffe, dns, ips)
             if errors:
                 refused[host] = '; '.join(errors)
                 continue
@@ -252,9 +252,9 @@ class ActionModule(ActionBase):
                 if missing:
                     raise SignError('Secret %s/%s lacks %s' % (namespace, args['legacy_secret_name'], ', '.join(missing)))
                 chain, root, key = (_text(data[name]) for name in ('cert-chain.pem', 'root-cert.pem', 'key.pem'))
-                errors = ca.verify_chain(chain, root, now)
+                errors = ca_lib.verify_chain(chain, root, now)
                 leaf = pki.load_certs(chain, 'cert-chain.pem')[0]
-                if leaf.spki != ca.private_key_spki(key):
+                if leaf.spki != ca_lib.private_key_spki(key):
                     errors.append('key.pem does not match cert-chain.pem')
                 if leaf.uris != [spiffe]:
                     errors.append('the certificate is for %s; allowed: exactly %s (computed from the inventory)' % (
