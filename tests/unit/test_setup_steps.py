@@ -351,26 +351,26 @@ def make_recipe(target: str) -> tuple[list[str], str]:
 
 def test_make_setup_runs_every_setup_step_but_kube():
     steps = set(re.findall(r"^step_([a-z]+)\(\)", (ROOT / "tools" / "setup.sh").read_text(), re.M))
-    _, recipe = make_recipe("setup")
+    recipe = make_recipe("setup")[1]
     run = re.search(r"tools/setup\.sh([^\n;&|]*)", recipe)
     assert run, recipe
     called = set(run.group(1).split())
     # kube is its own target (make kube-build, a cold build of many minutes); every other step is set-up proper.
     assert steps - {"kube"} <= called, f"make setup does not run setup.sh steps {sorted(steps - {'kube'} - called)}"
-    _, kube = make_recipe("kube-build")
+    kube = make_recipe("kube-build")[1]
     assert "tools/setup.sh kube" in kube
 
 
 def test_demo_and_test_run_the_doctor_first():
     for target in ("demo", "test"):
-        prereqs, _ = make_recipe(target)
+        prereqs = make_recipe(target)[0]
         assert prereqs[:2] == ["setup", "doctor"], f"make {target}: prerequisites {prereqs}; want setup, doctor first"
     prereqs, recipe = make_recipe("doctor")
     assert "setup" in prereqs and "tools/doctor.sh" in recipe
 
 
 def test_make_test_leaves_no_lab_running():
-    _, recipe = make_recipe("test")
+    recipe = make_recipe("test")[1]
     lines = [line.strip() for line in recipe.splitlines()]
     pytest_line = next(i for i, line in enumerate(lines) if "pytest" in line)
     after = " ".join(lines[pytest_line:])
