@@ -88,6 +88,7 @@ COMMANDS=(
   "ansible-builder venv"
   "bindep venv"
   "molecule venv"
+  "antsibull-changelog venv"
 )
 
 say() { echo "doctor: $*"; }
