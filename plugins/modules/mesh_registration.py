@@ -87,6 +87,15 @@ options:
             from them without health checks.
         type: bool
         default: true
+      endpoint_ports:
+        description:
+          - Port name to the port that answers on the VM for it (C(mesh_registration_endpoint_ports)), that is the
+            Envoy listener in front of the app. Names not given reach the app port itself (as with the Istio
+            sidecar, which intercepts the app port).
+          - The Service keeps the app's port names and numbers (O(endpoints[].ports)); its C(targetPort), the
+            EndpointSlice port and the WorkloadEntry/ServiceEntry endpoint ports are these. See C(docs/data-path.md).
+          - The same for every VM of a service.
+        type: dict
       host_info:
         description:
           - How Ansible reaches the VM and which Envoy version it runs, recorded for the
@@ -184,45 +193,35 @@ options:
     description:
       - Contour HTTPProxies for the V(httpproxy) shape, routing a host and path prefixes to Services with weights.
         A route may mix VM services (registered by this run) and Kubernetes Services.
+      - "Each item: C(name), C(namespace) (of the HTTPProxy and of the Services it routes to), C(fqdn)
+        (C(spec.virtualhost.fqdn)), optional C(ingress_class_name), C(tls_secret_name)
+        (C(spec.virtualhost.tls.secretName)), and C(routes)."
+      - "Each route: C(prefix) (default V(/)), C(services), and optional C(health_check) (V(true), V(false), or keys
+        of O(httpproxy_health_check) that override it for this route)."
+      - "Each route service: C(name), C(port) (may be left out for a VM service with one port), C(weight)
+        (Contour's default without weights is an even split), C(protocol) (Contour's upstream protocol: V(h2c),
+        V(h2) or V(tls); left out, Contour follows the Service port's C(appProtocol), which this module sets from
+        the port name), and C(validation) (C(caSecret) and C(subjectName) or C(subjectNames), Contour's upstream
+        certificate validation, with C(protocol) V(tls) or V(h2))."
+      - Any other key at any level is refused before any change, naming the key, where it is and the keys allowed.
+      - A VM service of this registration set whose last host has left is taken out of every route; a route left
+        without a service is removed, and an HTTPProxy left without a route is deleted, so that no HTTPProxy points
+        at a deleted Service (Contour would mark the whole HTTPProxy invalid). RV(notes) says what was done.
+        Such services are remembered in the annotation C(fleetmesh.envoy/vm-services) of the HTTPProxy, and come back
+        into the routes when a host of theirs is registered again.
     type: list
     elements: dict
     default: []
-    suboptions:
-      name:
-        description: Name of the HTTPProxy.
-        type: str
-        required: true
-      namespace:
-        description: Namespace of the HTTPProxy and of the Services it routes to.
-        type: str
-        required: true
-      fqdn:
-        description: Host name the HTTPProxy serves (C(spec.virtualhost.fqdn)).
-        type: str
-        required: true
-      ingress_class_name:
-        description: C(spec.ingressClassName).
-        type: str
-      tls_secret_name:
-        description: Secret with the TLS certificate of O(httpproxies[].fqdn) (C(spec.virtualhost.tls.secretName)).
-        type: str
-      routes:
-        description: Routes, matched by path prefix.
-        type: list
-        elements: dict
-        required: true
-        suboptions:
-          prefix:
-            description: Path prefix of the route.
-            type: str
-            default: /
-          services:
-            description:
-              - Services of the route. C(port) may be left out for a VM service with one port.
-              - Traffic is split by C(weight) (Contour's default without weights is an even split).
-            type: list
-            elements: dict
-            required: true
+  httpproxy_health_check:
+    description:
+      - Active health checking by Contour's Envoy (the route's C(healthCheckPolicy)) for every route of
+        O(httpproxies), so that Envoy stops sending to a VM that dies between plays.
+      - V(true) (the default when not set) or a mapping over the defaults C(enabled=true), C(path=/healthz) (the
+        health path of the collection's Envoy, 503 while it drains), C(interval_seconds=2), C(timeout_seconds=1),
+        C(unhealthy_threshold=2), C(healthy_threshold=1), and optional C(host); V(false) turns it off.
+      - Kubernetes Services in the same route are checked on the same path; turn it off per route (C(health_check)
+        set to V(false)) when they do not answer it.
+    type: raw
   cluster_domain:
     description:
       - DNS domain of the cluster, for ServiceEntry hosts.
@@ -362,6 +361,13 @@ objects:
       description: V(created), V(updated) or V(deleted).
       type: str
       sample: created
+notes:
+  description:
+    - What the run did to HTTPProxy routes because a VM service lost its last host (would do, in check mode).
+  returned: success
+  type: list
+  elements: str
+  sample: ["HTTPProxy shop/web: route / no longer sends to web (no host left); it keeps web-k8s"]
 mode:
   description:
     - V(full) the endpoints were the complete set and objects not desired were pruned; V(merge) only the given
@@ -408,6 +414,7 @@ def argument_spec():
             network=dict(type='str'),
             service_account=dict(type='str'),
             healthy=dict(type='bool', default=True),
+            endpoint_ports=dict(type='dict'),
             host_info=dict(type='dict', options=dict(
                 ansible_host=dict(type='str'),
                 ansible_port=dict(type='int'),
@@ -423,17 +430,9 @@ def argument_spec():
         workload_group=dict(type='bool', default=False),
         max_endpoints_per_slice=dict(type='int', default=100),
         legacy_endpoints=dict(type='bool', default=False),
-        httpproxies=dict(type='list', elements='dict', default=[], options=dict(
-            name=dict(type='str', required=True),
-            namespace=dict(type='str', required=True),
-            fqdn=dict(type='str', required=True),
-            ingress_class_name=dict(type='str'),
-            tls_secret_name=dict(type='str'),
-            routes=dict(type='list', elements='dict', required=True, options=dict(
-                prefix=dict(type='str', default='/'),
-                services=dict(type='list', elements='dict', required=True),
-            )),
-        )),
+        # Checked by registration.normalize (every level, unknown keys named with mesh_registration_httpproxies).
+        httpproxies=dict(type='list', elements='dict', default=[]),
+        httpproxy_health_check=dict(type='raw'),
         cluster_domain=dict(type='str', default='cluster.local'),
         force=dict(type='bool', default=False),
         adopt=dict(type='bool', default=False),
@@ -476,6 +475,10 @@ def main():
             module.warn(warning)
         plan = reg.plan(cfg, api_versions, live)
         result['mode'] = plan.mode
+        result['notes'] = list(plan.notes)
+        if plan.errors:
+            module.fail_json(msg='invalid input, nothing was applied: ' + '; '.join(plan.errors),
+                             errors=list(plan.errors), **result)
         for warning in reg.host_info_warnings(cfg, plan.desired):
             module.warn(warning)
         # 4. Apply what differs, delete what is no longer desired.

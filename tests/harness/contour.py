@@ -69,8 +69,8 @@ class ContourMissing(ContourError):
 
 
 def pinned_version() -> str:
-    match = re.search(r"^\s*(?:require\s+)?github\.com/projectcontour/contour\s+(v\S+)", (MOD_DIR / "go.mod").read_text(),
-                      re.MULTILINE)
+    match = re.search(r"^\s*(?:require\s+)?github\.com/projectcontour/contour\s+(v\S+)",
+                      (MOD_DIR / "go.mod").read_text(), re.MULTILINE)
     if not match:
         raise ContourError(f"github.com/projectcontour/contour is not pinned in {MOD_DIR / 'go.mod'}")
     return match.group(1)
@@ -123,7 +123,8 @@ def split_crds(text: str) -> dict[str, str]:
 
 def crd_header(name: str) -> str:
     return (f"# {name}: Contour's own CRD, unchanged, from github.com/projectcontour/contour {pinned_version()}\n"
-            "# examples/contour/01-crds.yaml (one CRD per file). Regenerate: python tests/harness/contour.py crds --write\n")
+            "# examples/contour/01-crds.yaml (one CRD per file).\n"
+            "# Regenerate: python tests/harness/contour.py crds --write\n")
 
 
 def crd_path(name: str) -> Path:
@@ -400,7 +401,7 @@ class Contour:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("start", "status", "stop"):
         cmd = sub.add_parser(name)

@@ -142,7 +142,8 @@ def test_workloadentry_shape_created_read_back_and_unchanged_on_rerun(kube_api, 
     svc = get(kube_api, "Service", ns, "reviews")
     assert svc["metadata"]["labels"] == ownership("we", "reviews")
     assert svc["spec"]["selector"] == {"app": "reviews"}
-    assert svc["spec"]["ports"] == [{"name": "http", "protocol": "TCP", "port": 9080, "targetPort": 9080}]
+    assert svc["spec"]["ports"] == [{"name": "http", "protocol": "TCP", "appProtocol": "http", "port": 9080,
+                                     "targetPort": 9080}]
     assert [p["port"] for p in get(kube_api, "Service", ns, "ratings")["spec"]["ports"]] == [9080, 9090]
     wg = get(kube_api, "WorkloadGroup", ns, "reviews")
     assert wg["spec"] == {"metadata": {"labels": {"app": "reviews"}},
@@ -204,7 +205,7 @@ def test_endpointslice_shape_split_unhealthy_not_ready_and_legacy_endpoints(kube
     assert first["metadata"]["labels"] == dict(ownership("es", "web"), **{
         "kubernetes.io/service-name": "web", "endpointslice.kubernetes.io/managed-by": "fleetmesh.envoy"})
     assert first["addressType"] == "IPv4"
-    assert first["ports"] == [{"name": "http", "port": 9080, "protocol": "TCP"}]
+    assert first["ports"] == [{"name": "http", "port": 9080, "protocol": "TCP", "appProtocol": "http"}]
     assert first["endpoints"] == [
         {"addresses": [f"198.51.100.{i}"],
          "conditions": {"ready": True, "serving": True, "terminating": False},
@@ -231,14 +232,18 @@ def test_httpproxy_mixes_vm_and_kubernetes_backends(kube_api, ns, registrar, tmp
                                          {"name": "cart-k8s", "port": 8080, "weight": 10}]},
         {"prefix": "/", "services": [{"name": "frontend-k8s", "port": 80}]},
     ]}]
+    proxies[0]["routes"][1]["health_check"] = False  # the Kubernetes frontend does not answer /healthz
     args = dict(registrar, endpoints=[ep("cart-1", "192.0.2.40", "cart", ns, ports={"http": 8080})],
                 shapes=["endpointslice", "httpproxy"], httpproxies=proxies, registration="hp")
     assert ok(run_module(args, tmp_path))["counts"]["created"] == 3
     proxy = get(kube_api, "HTTPProxy", ns, "shop")
     assert proxy["metadata"]["labels"] == ownership("hp")
+    assert proxy["metadata"]["annotations"] == {"fleetmesh.envoy/vm-services": '["cart"]'}
     assert proxy["spec"]["virtualhost"] == {"fqdn": "shop.example.com"}
     assert proxy["spec"]["routes"] == [
         {"conditions": [{"prefix": "/cart"}],
+         "healthCheckPolicy": {"healthyThresholdCount": 1, "intervalSeconds": 2, "path": "/healthz",
+                               "timeoutSeconds": 1, "unhealthyThresholdCount": 2},
          "services": [{"name": "cart", "port": 8080, "weight": 90}, {"name": "cart-k8s", "port": 8080, "weight": 10}]},
         {"conditions": [{"prefix": "/"}], "services": [{"name": "frontend-k8s", "port": 80}]},
     ]

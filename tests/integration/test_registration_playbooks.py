@@ -117,6 +117,9 @@ def _inventory(tmp_path: Path, kube_api: kubeapi.KubeAPI, ns: str, hosts: dict[s
         "ansible_connection": "local",
         "ansible_python_interpreter": "{{ ansible_playbook_python }}",
         "fleetmesh_kubeconfig": str(kube_api.registrar_kubeconfig),
+        "fleetmesh_trust_domain": "cluster.local",
+        # No Envoy in front of these stand-in hosts: the app port answers (docs/data-path.md).
+        "fleetmesh_envoy": False,
     }))
     (inv / "group_vars" / "web.yml").write_text(yaml.safe_dump({
         "fleetmesh_service": "web", "fleetmesh_namespace": ns, "fleetmesh_service_account": "web",

@@ -153,7 +153,8 @@ def test_workloadentry_shape():
                           "labels": {"app": "reviews", "version": "v1"}, "network": "net", "locality": "us/z1",
                           "weight": 3, "serviceAccount": "reviews"}
     svc = objs[("Service", "bookinfo", "reviews")]
-    assert svc["spec"] == {"ports": [{"name": "http", "protocol": "TCP", "port": 9080, "targetPort": 9080}],
+    assert svc["spec"] == {"ports": [{"name": "http", "protocol": "TCP", "appProtocol": "http", "port": 9080,
+                                      "targetPort": 9080}],
                            "selector": {"app": "reviews"}}
     wg = objs[("WorkloadGroup", "bookinfo", "reviews")]
     assert wg["spec"]["template"] == {"ports": {"http": 9080}, "labels": {"app": "reviews"},
@@ -190,7 +191,7 @@ def test_endpointslice_shape_splits_per_family_and_size_and_marks_unhealthy_not_
     assert [e["addresses"] for e in first["endpoints"]] == [["192.0.2.1"], ["192.0.2.2"], ["192.0.2.3"]]
     assert first["endpoints"][2]["conditions"] == {"ready": False, "serving": False, "terminating": False}
     assert first["endpoints"][0]["zone"] == "zone-1" and first["endpoints"][0]["hostname"] == "vm-1"
-    assert first["ports"] == [{"name": "http", "port": 9080, "protocol": "TCP"}]
+    assert first["ports"] == [{"name": "http", "port": 9080, "protocol": "TCP", "appProtocol": "http"}]
     assert len(objs[("EndpointSlice", "bookinfo", "reviews-ipv4-2")]["endpoints"]) == 1
     svc = objs[("Service", "bookinfo", "reviews")]
     assert "selector" not in svc["spec"]
@@ -210,7 +211,10 @@ def test_httpproxy_mixes_vm_and_kubernetes_backends():
     assert proxy["spec"] == {"virtualhost": {"fqdn": "reviews.example.com"},
                              "routes": [{"conditions": [{"prefix": "/api"}],
                                          "services": [{"name": "reviews", "port": 9080, "weight": 80},
-                                                      {"name": "reviews-k8s", "port": 9080, "weight": 20}]}]}
+                                                      {"name": "reviews-k8s", "port": 9080, "weight": 20}],
+                                         "healthCheckPolicy": {"path": "/healthz", "intervalSeconds": 2,
+                                                               "timeoutSeconds": 1, "unhealthyThresholdCount": 2,
+                                                               "healthyThresholdCount": 1}}]}
 
 
 def test_httpproxy_checks():
@@ -220,7 +224,9 @@ def test_httpproxy_checks():
                for e in errors_of([ep("vm-1", "192.0.2.1")], shapes=["endpointslice", "httpproxy"],
                                   httpproxies=[bad_port]))
     no_port = dict(base, routes=[{"services": [{"name": "k8s-only"}]}])
-    assert any(".port: is not set" in e for e in errors_of([], shapes=["httpproxy"], httpproxies=[no_port]))
+    plan = reg.plan(cfg([], shapes=["httpproxy"], httpproxies=[no_port]), API, [])
+    assert plan.errors == ["HTTPProxy bookinfo/p route / service k8s-only (mesh_registration_httpproxies): port is "
+                           "not set; allowed: integer 1-65535 (may be left out only for a VM service with one port)"]
     vm_without_service = dict(base, routes=[{"services": [{"name": "reviews"}]}])
     assert any("no Kubernetes Service is built" in e
                for e in errors_of([ep("vm-1", "192.0.2.1")], shapes=["serviceentry", "httpproxy"],
@@ -446,3 +452,151 @@ def test_host_info_reads_back_through_the_workloads_inventory(shapes):
         "fleetmesh_envoy_version": "1.40.0"}
     assert hostvars["vm-2"]["fleetmesh_envoy_version"] == "1.39.3" and "ansible_user" not in hostvars["vm-2"]
     assert hostvars["vm-3"]["ansible_host"] == "192.0.2.3" and "fleetmesh_envoy_version" not in hostvars["vm-3"]
+
+
+# -- data path: the port that answers on the VM (docs/data-path.md) ------------------------------------
+
+
+def test_endpoint_ports_are_the_target_the_service_keeps_the_app_port():
+    eps = [ep(f"vm-{i}", f"192.0.2.{i}", ports={"http": 8080, "grpc-api": 9090},
+              endpoint_ports={"http": 10000, "grpc-api": 10001}) for i in (1, 2)]
+    objs = by_key(reg.build_full(cfg(eps, shapes=["endpointslice"]), API))
+    svc = objs[("Service", "bookinfo", "reviews")]
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "protocol": "TCP", "appProtocol": "http", "port": 8080, "targetPort": 10000},
+        {"name": "grpc-api", "protocol": "TCP", "appProtocol": "kubernetes.io/h2c", "port": 9090, "targetPort": 10001}]
+    (slice_,) = [o for k, o in objs.items() if k[0] == "EndpointSlice"]
+    assert slice_["ports"] == [{"name": "http", "port": 10000, "protocol": "TCP", "appProtocol": "http"},
+                               {"name": "grpc-api", "port": 10001, "protocol": "TCP",
+                                "appProtocol": "kubernetes.io/h2c"}]
+    objs = by_key(reg.build_full(cfg(eps, shapes=["workloadentry", "serviceentry"]), API))
+    assert objs[("WorkloadEntry", "bookinfo", "reviews-vm-1")]["spec"]["ports"] == {"http": 10000, "grpc-api": 10001}
+    se = objs[("ServiceEntry", "bookinfo", "reviews")]["spec"]
+    assert [p["number"] for p in se["ports"]] == [8080, 9090]
+    assert se["endpoints"][0]["ports"] == {"http": 10000, "grpc-api": 10001}
+
+
+def test_endpoint_ports_default_to_the_app_port_and_are_checked():
+    objs = by_key(reg.build_full(cfg([ep("vm-1", "192.0.2.1", ports={"https": 8443, "tls-db": 5000})],
+                                     shapes=["endpointslice"]), API))
+    ports = objs[("Service", "bookinfo", "reviews")]["spec"]["ports"]
+    want = [(5000, 5000, "https"), (8443, 8443, "https")]
+    assert [(p["port"], p["targetPort"], p["appProtocol"]) for p in ports] == want
+    errors = errors_of([ep("vm-1", "192.0.2.1", endpoint_ports={"grpc": 10000}),
+                        ep("vm-2", "192.0.2.2", endpoint_ports={"http": 0})])
+    assert any("endpoints[0].endpoint_ports (mesh_registration_endpoint_ports of host vm-1).grpc: 10000 names no port "
+               "of fleetmesh_ports" in e for e in errors), errors
+    assert any("endpoint_ports (mesh_registration_endpoint_ports of host vm-2).http: 0 is not a valid port" in e
+               for e in errors), errors
+    errors = errors_of([ep("vm-1", "192.0.2.1", endpoint_ports={"http": 10000}), ep("vm-2", "192.0.2.2")])
+    assert any("mesh_registration_endpoint_ports (hosts of service bookinfo/reviews)" in e and "differ" in e
+               for e in errors), errors
+
+
+# -- HTTPProxy: protocols, unknown keys, health checks, the last host leaving ---------------------------
+
+
+def _proxy(services, **route):
+    return [{"name": "web", "namespace": "bookinfo", "fqdn": "web.example.com",
+             "routes": [dict(route, prefix="/", services=services)]}]
+
+
+def test_httpproxy_protocol_validation_and_health_check():
+    proxies = _proxy([{"name": "reviews", "protocol": "tls",
+                       "validation": {"caSecret": "mesh-ca", "subjectName": "spiffe://cluster.local/ns/bookinfo/sa/r"}},
+                      {"name": "grpc-k8s", "port": 9090, "protocol": "h2c", "weight": 0}],
+                     health_check={"path": "/ready", "interval_seconds": 5})
+    config = cfg([ep("vm-1", "192.0.2.1")], shapes=["endpointslice", "httpproxy"], httpproxies=proxies,
+                 httpproxy_health_check={"unhealthy_threshold": 3})
+    plan = reg.plan(config, API, [])
+    proxy = by_key(plan.desired)[("HTTPProxy", "bookinfo", "web")]
+    (route,) = proxy["spec"]["routes"]
+    assert route["services"] == [
+        {"name": "reviews", "port": 9080, "protocol": "tls",
+         "validation": {"caSecret": "mesh-ca", "subjectName": "spiffe://cluster.local/ns/bookinfo/sa/r"}},
+        {"name": "grpc-k8s", "port": 9090, "weight": 0, "protocol": "h2c"}]
+    assert route["healthCheckPolicy"] == {"path": "/ready", "intervalSeconds": 5, "timeoutSeconds": 1,
+                                          "unhealthyThresholdCount": 3, "healthyThresholdCount": 1}
+    assert proxy["metadata"]["annotations"] == {"fleetmesh.envoy/vm-services": '["reviews"]'}
+    off = cfg([ep("vm-1", "192.0.2.1")], shapes=["endpointslice", "httpproxy"],
+              httpproxies=_proxy([{"name": "reviews"}]), httpproxy_health_check=False)
+    route = by_key(reg.plan(off, API, []).desired)[("HTTPProxy", "bookinfo", "web")]["spec"]["routes"][0]
+    assert "healthCheckPolicy" not in route
+
+
+def test_httpproxy_unknown_keys_and_bad_protocols_are_refused_naming_the_variable():
+    proxies = [{"name": "web", "namespace": "bookinfo", "fqdn": "web.example.com", "tls": True,
+                "routes": [{"prefix": "/", "timeout": 3,
+                            "services": [{"name": "reviews", "protocl": "h2c"},
+                                         {"name": "k8s", "port": 80, "protocol": "grpc"},
+                                         {"name": "k8s2", "port": 80,
+                                          "validation": {"caSecret": "ca", "subjectName": "x"}}],
+                            "health_check": {"path": "healthz", "every": 3}}]}]
+    errors = errors_of([ep("vm-1", "192.0.2.1")], shapes=["endpointslice", "httpproxy"], httpproxies=proxies)
+    text = "\n".join(errors)
+    assert ('httpproxies[0] (mesh_registration_httpproxies): key "tls" is not known; allowed keys: name, namespace, '
+            'fqdn, ingress_class_name, tls_secret_name, routes') in text
+    assert ('httpproxies[0].routes[0] (mesh_registration_httpproxies): key "timeout" is not known; allowed keys: '
+            'prefix, services, health_check') in text
+    assert ('httpproxies[0].routes[0].services[0] (mesh_registration_httpproxies): key "protocl" is not known; '
+            'allowed keys: name, port, weight, protocol, validation') in text
+    assert 'httpproxies[0].routes[0].services[1].protocol: "grpc" is not an upstream protocol of Contour' in text
+    assert "httpproxies[0].routes[0].services[2].validation" in text and "without a TLS protocol" in text
+    assert 'health_check.path: "healthz" is not a path' in text and 'key "every" is not known' in text
+
+
+def _registered(config):
+    return _live(reg.plan(config, API, []).desired)
+
+
+def test_last_host_leaving_takes_the_service_out_of_routes_and_keeps_the_split():
+    proxies = _proxy([{"name": "reviews", "weight": 80}, {"name": "reviews-k8s", "port": 9080, "weight": 20}])
+    full = dict(shapes=["endpointslice", "httpproxy"], httpproxies=proxies)
+    live = _registered(cfg([ep("vm-1", "192.0.2.1"), ep("vm-2", "192.0.2.2")], **full))
+    # Decommission (state=absent, no httpproxies given): vm-1 leaves, vm-2 stays: no change to the proxy.
+    plan = reg.plan(cfg([{"host": "vm-1"}], state="absent", shapes=["endpointslice"]), API, live)
+    assert not any(o["kind"] == "HTTPProxy" for o in plan.desired + plan.delete) and plan.notes == []
+    # Both leave: the Service goes, the route keeps only the Kubernetes Service.
+    plan = reg.plan(cfg([{"host": "vm-1"}, {"host": "vm-2"}], state="absent", shapes=["endpointslice"]), API, live)
+    assert ("Service", "bookinfo", "reviews") in by_key(plan.delete)
+    proxy = by_key(plan.desired)[("HTTPProxy", "bookinfo", "web")]
+    assert proxy["spec"]["routes"][0]["services"] == [{"name": "reviews-k8s", "port": 9080, "weight": 20}]
+    assert plan.notes == ["HTTPProxy bookinfo/web: route / no longer sends to reviews (no host left); it keeps "
+                          "reviews-k8s"]
+    # A complete run with no host of the service: same result, and it stays so on the next run.
+    plan = reg.plan(cfg([ep("vm-9", "192.0.2.9", service="other")], **full), API, live)
+    proxy = by_key(plan.desired)[("HTTPProxy", "bookinfo", "web")]
+    assert [s["name"] for s in proxy["spec"]["routes"][0]["services"]] == ["reviews-k8s"]
+    assert proxy["metadata"]["annotations"]["fleetmesh.envoy/vm-services"] == '["reviews"]'
+    later = _live(plan.desired)
+    plan = reg.plan(cfg([ep("vm-9", "192.0.2.9", service="other")], **full), API, later)
+    route = by_key(plan.desired)[("HTTPProxy", "bookinfo", "web")]["spec"]["routes"][0]
+    assert [s["name"] for s in route["services"]] == ["reviews-k8s"]
+    # A host comes back: so does the route.
+    plan = reg.plan(cfg([ep("vm-1", "192.0.2.1")], **full), API, later)
+    route = by_key(plan.desired)[("HTTPProxy", "bookinfo", "web")]["spec"]["routes"][0]
+    assert [s["name"] for s in route["services"]] == ["reviews", "reviews-k8s"]
+
+
+def test_last_host_leaving_deletes_a_proxy_left_without_routes():
+    full = dict(shapes=["endpointslice", "httpproxy"], httpproxies=_proxy([{"name": "reviews"}]))
+    live = _registered(cfg([ep("vm-1", "192.0.2.1")], **full))
+    plan = reg.plan(cfg([{"host": "vm-1"}], state="absent", shapes=["endpointslice"]), API, live)
+    assert ("HTTPProxy", "bookinfo", "web") in by_key(plan.delete)
+    assert not any(o["kind"] == "HTTPProxy" for o in plan.desired)
+    assert plan.notes == ["HTTPProxy bookinfo/web: route / removed: its only services reviews have no host left",
+                          "HTTPProxy bookinfo/web: no route left, so the HTTPProxy is deleted"]
+
+
+def test_httpproxy_retry_policy():
+    config = cfg([ep("vm-1", "192.0.2.1")], shapes=["endpointslice", "httpproxy"],
+                 httpproxies=_proxy([{"name": "reviews"}], retry_policy={"count": 3, "per_try_timeout": "2s",
+                                                                         "retry_on": ["connect-failure", "reset"]}))
+    route = by_key(reg.plan(config, API, []).desired)[("HTTPProxy", "bookinfo", "web")]["spec"]["routes"][0]
+    assert route["retryPolicy"] == {"count": 3, "perTryTimeout": "2s", "retryOn": ["connect-failure", "reset"]}
+    errors = errors_of([ep("vm-1", "192.0.2.1")], shapes=["endpointslice", "httpproxy"],
+                       httpproxies=_proxy([{"name": "reviews"}], retry_policy={"count": 0, "retry_on": ["oops"],
+                                                                               "budget": 1}))
+    assert any('retry_policy (mesh_registration_httpproxies): key "budget" is not known' in e for e in errors)
+    assert any("retry_policy.count: 0 is not allowed" in e for e in errors)
+    assert any("retry_policy.retry_on" in e for e in errors)

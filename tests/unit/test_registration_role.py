@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "mesh_registration"
-TYPES = {"str": str, "bool": bool, "int": int, "list": list, "dict": dict}
+TYPES = {"str": str, "bool": bool, "int": int, "list": list, "dict": dict, "raw": object}
 
 
 def test_defaults_and_argument_specs_match_exactly():

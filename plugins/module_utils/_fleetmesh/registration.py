@@ -99,21 +99,55 @@ MODEL_VARS = {
     'network': 'fleetmesh_network',
     'service_account': 'fleetmesh_service_account',
     'healthy': 'mesh_registration_healthy',
+    'endpoint_ports': 'mesh_registration_endpoint_ports',
     'host_info': 'ansible_host, ansible_port, ansible_user and envoy_version',
 }
 # The keys of an endpoint's host_info: connection details and the Envoy version, never secrets.
 HOST_INFO_KEYS = ('ansible_host', 'ansible_port', 'ansible_user', 'envoy_version')
 ALLOWED_CONNECTION_STRING = 'a non-empty string without spaces or control characters, at most 253 characters'
+# Kubernetes appProtocol of a Service/EndpointSlice port, from the Istio protocol prefix of its name (Contour reads
+# http, kubernetes.io/h2c and https; https makes Contour's Envoy originate TLS to the endpoint).
+APP_PROTOCOLS = {'http': 'http', 'http2': 'kubernetes.io/h2c', 'grpc': 'kubernetes.io/h2c', 'https': 'https',
+                 'tls': 'https'}
+# HTTPProxy definitions (mesh_registration_httpproxies): the keys accepted at each level.
+HTTPPROXY_VAR = 'mesh_registration_httpproxies'
+HTTPPROXY_KEYS = ('name', 'namespace', 'fqdn', 'ingress_class_name', 'tls_secret_name', 'routes')
+ROUTE_KEYS = ('prefix', 'services', 'health_check', 'retry_policy')
+RETRY_KEYS = ('count', 'per_try_timeout', 'retry_on')
+# Contour's retryOn values (HTTPProxy spec.routes[].retryPolicy.retryOn).
+RETRY_ON = ('5xx', 'gateway-error', 'reset', 'connect-failure', 'retriable-4xx', 'refused-stream',
+            'retriable-status-codes', 'retriable-headers', 'cancelled', 'deadline-exceeded', 'internal',
+            'resource-exhausted', 'unavailable')
+ROUTE_SERVICE_KEYS = ('name', 'port', 'weight', 'protocol', 'validation')
+UPSTREAM_PROTOCOLS = ('h2c', 'h2', 'tls')
+VALIDATION_KEYS = ('caSecret', 'subjectName', 'subjectNames')
+HEALTH_CHECK_VAR = 'mesh_registration_httpproxy_health_check'
+# Contour healthCheckPolicy from these keys (module option httpproxy_health_check, per route health_check).
+HEALTH_CHECK_KEYS = OrderedDict([
+    ('enabled', None), ('path', 'path'), ('host', 'host'), ('interval_seconds', 'intervalSeconds'),
+    ('timeout_seconds', 'timeoutSeconds'), ('unhealthy_threshold', 'unhealthyThresholdCount'),
+    ('healthy_threshold', 'healthyThresholdCount'),
+])
+HEALTH_CHECK_DEFAULTS = OrderedDict([
+    ('enabled', True), ('path', '/healthz'), ('host', None), ('interval_seconds', 2), ('timeout_seconds', 1),
+    ('unhealthy_threshold', 2), ('healthy_threshold', 1),
+])
+# Annotation on an HTTPProxy: the VM services of this registration set its routes name (JSON list), so that a
+# service whose last host left is recognised as one and left out of the routes on every later run.
+VM_SERVICES_ANNOTATION = 'fleetmesh.envoy/vm-services'
 ISTIO_PROTOCOLS = {
     'http': 'HTTP', 'http2': 'HTTP2', 'https': 'HTTPS', 'grpc': 'GRPC', 'tcp': 'TCP', 'tls': 'TLS',
     'mongo': 'MONGO', 'redis': 'REDIS', 'mysql': 'MYSQL',
 }
 
 Endpoint = namedtuple('Endpoint', ['host', 'address', 'family', 'service', 'namespace', 'ports', 'labels',
-                                   'weight', 'locality', 'network', 'service_account', 'healthy', 'host_info'])
+                                   'weight', 'locality', 'network', 'service_account', 'healthy', 'host_info',
+                                   'endpoint_ports'])
+Endpoint.__new__.__defaults__ = (None,)
 Config = namedtuple('Config', ['endpoints', 'state', 'prune', 'registration', 'shapes', 'workload_group',
                                'max_endpoints_per_slice', 'legacy_endpoints', 'httpproxies', 'cluster_domain'])
-Plan = namedtuple('Plan', ['desired', 'delete', 'prune_all', 'mode'])
+Plan = namedtuple('Plan', ['desired', 'delete', 'prune_all', 'mode', 'notes', 'errors'])
+Plan.__new__.__defaults__ = ((), ())
 
 
 def obj_key(obj: Mapping) -> Tuple[str, str, str]:
@@ -220,16 +254,43 @@ def _normalize_endpoint(index: int, raw: Any, state: str, service_shapes: bool, 
         healthy = True
     errors.extend(v.check_bool(_ep_var(index, host, 'healthy'), healthy))
     host_info = _normalize_host_info(index, host, raw.get('host_info'), errors)
+    endpoint_ports = _normalize_endpoint_ports(index, host, raw.get('endpoint_ports'), ports, errors)
     if len(errors) > start:
         return None
     parsed = ipaddress.ip_address(address)
     port_map = OrderedDict(sorted(((str(name), int(_as_int(port))) for name, port in ports.items()),
                                   key=lambda item: (item[1], item[0])))
+    # The port each service port reaches on the VM: the given one, else the app port itself.
+    target_map = OrderedDict((name, (endpoint_ports or {}).get(name, port)) for name, port in port_map.items())
     return Endpoint(host=host, address=str(parsed), family='IPv%d' % parsed.version, service=service,
                     namespace=namespace, ports=port_map,
                     labels=OrderedDict(sorted((str(k), str(val)) for k, val in (labels or {}).items())),
                     weight=_as_int(weight) if weight is not None else None, locality=locality,
-                    network=network, service_account=service_account, healthy=healthy, host_info=host_info)
+                    network=network, service_account=service_account, healthy=healthy, host_info=host_info,
+                    endpoint_ports=target_map)
+
+
+def _normalize_endpoint_ports(index: int, host: Any, raw: Any, ports: Any, errors: List[str]) -> Optional[Dict[str, int]]:
+    """Port name -> the port that answers on the VM for it (the Envoy listener in front of the app)."""
+    if raw is None or raw == {} or raw == '':
+        return None
+    var = _ep_var(index, host, 'endpoint_ports')
+    names = list(ports) if isinstance(ports, Mapping) else []
+    allowed = ('a mapping of port names of fleetmesh_ports (%s) to the port that answers on the VM, e.g. the Envoy '
+               'listener {http: 10000}' % (', '.join(str(n) for n in names) or '-'))
+    if not isinstance(raw, Mapping):
+        errors.append(v._error(var, raw, 'is not a mapping', allowed))
+        return None
+    out = {}
+    for name, port in raw.items():
+        if names and name not in names:
+            errors.append(v._error('%s.%s' % (var, name), port, 'names no port of fleetmesh_ports', allowed))
+            continue
+        found = v.check_port('%s.%s' % (var, name), port)
+        errors.extend(found)
+        if not found:
+            out[str(name)] = _as_int(port)
+    return out
 
 
 def _check_connection_string(var: str, value: Any) -> List[str]:
@@ -294,6 +355,15 @@ def _check_services(endpoints: List[Endpoint], shapes: List[str], workload_group
             errors.append('fleetmesh_ports (hosts of %s): %s differ between hosts; allowed: the same ports for every '
                           'host of a service' % (what, '; '.join('%s for %s' % (ports, ', '.join(hosts))
                                                                  for ports, hosts in port_sets.items())))
+        target_sets = OrderedDict()  # type: Dict[str, List[str]]
+        for ep in eps:
+            target_sets.setdefault(json.dumps(ep.endpoint_ports), []).append(ep.host)
+        if len(port_sets) == 1 and len(target_sets) > 1:
+            errors.append('mesh_registration_endpoint_ports (hosts of %s): the ports that answer on the VMs, %s, differ '
+                          'between hosts; allowed: the same endpoint ports for every host of a service (run the same '
+                          'Envoy listener, or the Istio sidecar, on all of them)'
+                          % (what, '; '.join('%s for %s' % (ports, ', '.join(hosts))
+                                             for ports, hosts in target_sets.items())))
         if 'workloadentry' in shapes:
             apps = OrderedDict()  # type: Dict[str, List[str]]
             for ep in eps:
@@ -317,12 +387,179 @@ def _check_services(endpoints: List[Endpoint], shapes: List[str], workload_group
                           '(use the endpointslice shape for larger services)' % (what, len(eps), SE_MAX_ENDPOINTS))
 
 
+def _unknown_keys(var: str, raw: Mapping, allowed: Tuple[str, ...], errors: List[str]) -> None:
+    for key in raw:
+        if key not in allowed:
+            errors.append('%s (%s): key %s is not known; allowed keys: %s'
+                          % (var, HTTPPROXY_VAR, v.show(str(key)), ', '.join(allowed)))
+
+
+def _positive_int(value: Any, low: int, high: int) -> Optional[int]:
+    number = _as_int(value)
+    return number if number is not None and low <= number <= high else None
+
+
+def check_health_check(var: str, raw: Any, base: Optional[Mapping], errors: List[str]) -> Optional['OrderedDict[str, Any]']:
+    """A health check setting (HEALTH_CHECK_KEYS) over ``base``; None when disabled. ``raw`` may be a bool."""
+    out = OrderedDict(base or HEALTH_CHECK_DEFAULTS)  # type: OrderedDict[str, Any]
+    if raw is None:
+        return out if out.get('enabled') else None
+    if isinstance(raw, bool):
+        out['enabled'] = raw
+        return out if raw else None
+    if not isinstance(raw, Mapping):
+        errors.append(v._error(var, raw, 'is not a mapping or a boolean',
+                               'true, false, or a mapping with ' + ', '.join(HEALTH_CHECK_KEYS)))
+        return None
+    for key in raw:
+        if key not in HEALTH_CHECK_KEYS:
+            errors.append('%s: key %s is not known; allowed keys: %s' % (var, v.show(str(key)), ', '.join(HEALTH_CHECK_KEYS)))
+    for key, value in raw.items():
+        if key not in HEALTH_CHECK_KEYS or value is None:
+            continue
+        kvar = '%s.%s' % (var, key)
+        if key == 'enabled':
+            errors.extend(v.check_bool(kvar, value))
+            out[key] = value
+        elif key == 'path':
+            if not isinstance(value, str) or not value.startswith('/') or re.search(r'[\s\x00-\x1f\x7f]', value):
+                errors.append(v._error(kvar, value, 'is not a path', "a path starting with '/', without spaces"))
+            out[key] = value
+        elif key == 'host':
+            errors.extend(v.check_dns_subdomain(kvar, value))
+            out[key] = value
+        else:
+            low = 0 if key == 'healthy_threshold' else 1
+            number = _positive_int(value, low, 3600)
+            if number is None:
+                errors.append(v._error(kvar, value, 'is not allowed', 'integer %d-3600' % low))
+            out[key] = number
+    if out.get('enabled') and out.get('timeout_seconds') and out.get('interval_seconds') and \
+            out['timeout_seconds'] > out['interval_seconds']:
+        errors.append('%s: timeout_seconds %s is longer than interval_seconds %s; allowed: timeout_seconds <= '
+                      'interval_seconds' % (var, out['timeout_seconds'], out['interval_seconds']))
+    return out if out.get('enabled') else None
+
+
+def _check_retry(var: str, raw: Any, errors: List[str]) -> Optional['OrderedDict[str, Any]']:
+    """A route's retry_policy -> Contour's retryPolicy (count, perTryTimeout, retryOn)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        errors.append(v._error(var, raw, 'is not a mapping', 'a mapping with ' + ', '.join(RETRY_KEYS)))
+        return None
+    start = len(errors)
+    for key in raw:
+        if key not in RETRY_KEYS:
+            errors.append('%s (%s): key %s is not known; allowed keys: %s'
+                          % (var, HTTPPROXY_VAR, v.show(str(key)), ', '.join(RETRY_KEYS)))
+    out = OrderedDict()  # type: OrderedDict[str, Any]
+    count = raw.get('count', 1)
+    if _positive_int(count, 1, 10) is None:
+        errors.append(v._error(var + '.count', count, 'is not allowed', 'integer 1-10'))
+    out['count'] = _as_int(count)
+    timeout = raw.get('per_try_timeout')
+    if timeout is not None:
+        if not isinstance(timeout, str) or not re.match(r'^(\d+(\.\d+)?(ms|s|m|h))+$', timeout):
+            errors.append(v._error(var + '.per_try_timeout', timeout, 'is not a duration', "e.g. '500ms', '2s'"))
+        out['perTryTimeout'] = timeout
+    retry_on = raw.get('retry_on')
+    if retry_on is not None:
+        if not isinstance(retry_on, list) or not retry_on or any(r not in RETRY_ON for r in retry_on):
+            errors.append(v._error(var + '.retry_on', retry_on, 'is not allowed',
+                                   'a non-empty list of ' + ', '.join(RETRY_ON)))
+        out['retryOn'] = list(retry_on) if isinstance(retry_on, list) else retry_on
+    return out if len(errors) == start else None
+
+
+def _check_route_service(svar: str, svc: Any, namespace: Any, service_ports: Mapping, has_service_objects: bool,
+                         errors: List[str]) -> Optional['OrderedDict[str, Any]']:
+    if not isinstance(svc, Mapping):
+        errors.append(v._error(svar, svc, 'is not a mapping', 'a mapping with ' + ', '.join(ROUTE_SERVICE_KEYS)))
+        return None
+    start = len(errors)
+    _unknown_keys(svar, svc, ROUTE_SERVICE_KEYS, errors)
+    sname = svc.get('name')
+    name_errors = v.check_dns1035_label(svar + '.name', sname)
+    errors.extend(name_errors)
+    port = svc.get('port')
+    vm_ports = service_ports.get((namespace, sname)) if not name_errors else None
+    if vm_ports is not None and not has_service_objects:
+        errors.append(v._error(svar + '.name', sname, 'is a VM service, but no Kubernetes Service is built '
+                               'for it', "shapes including 'endpointslice' or 'workloadentry'"))
+    port_errors = []  # type: List[str]
+    if port is None or port == '':
+        if vm_ports is not None and len(vm_ports) == 1:
+            port = list(vm_ports.values())[0]
+        elif vm_ports is not None or name_errors:
+            errors.append('%s.port: is not set; allowed: %s (may be left out only for a VM service with '
+                          'one port)' % (svar, v.ALLOWED_PORT))
+            return None
+        else:
+            # Not a VM service of this run: maybe one whose last host left (plan() knows); else an error there.
+            port = None
+    else:
+        port_errors = v.check_port(svar + '.port', port)
+    errors.extend(port_errors)
+    if not port_errors and vm_ports is not None and _as_int(port) not in vm_ports.values():
+        errors.append(v._error(svar + '.port', port, 'is not a port of VM service %s/%s' % (namespace, sname),
+                               'one of ' + ', '.join(str(p) for p in vm_ports.values())))
+    weight = svc.get('weight')
+    if weight is not None and _positive_int(weight, 0, 4294967295) is None:
+        errors.append(v._error(svar + '.weight', weight, 'is not a valid route weight', 'integer 0-4294967295'))
+    protocol = svc.get('protocol')
+    if protocol is not None and protocol not in UPSTREAM_PROTOCOLS:
+        errors.append(v._error(svar + '.protocol', protocol, 'is not an upstream protocol of Contour',
+                               'one of %s (HTTP/2 cleartext, HTTP/2 over TLS, TLS); leave it out for HTTP/1.1 '
+                               "or to use the Service port's appProtocol" % ', '.join(UPSTREAM_PROTOCOLS)))
+    validation = svc.get('validation')
+    if validation is not None:
+        vvar = svar + '.validation'
+        if not isinstance(validation, Mapping):
+            errors.append(v._error(vvar, validation, 'is not a mapping', 'a mapping with caSecret and subjectName'))
+        else:
+            for key in validation:
+                if key not in VALIDATION_KEYS:
+                    errors.append('%s (%s): key %s is not known; allowed keys: %s'
+                                  % (vvar, HTTPPROXY_VAR, v.show(str(key)), ', '.join(VALIDATION_KEYS)))
+            ca = validation.get('caSecret')
+            if not isinstance(ca, str) or not ca or v.check_dns_subdomain(vvar, ca.split('/')[-1]) or \
+                    ca.count('/') > 1:
+                errors.append(v._error(vvar + '.caSecret', ca, 'is not a Secret name',
+                                       'the name (or namespace/name) of a Secret with the CA certificate in ca.crt'))
+            names = ([validation['subjectName']] if validation.get('subjectName') is not None else []) + \
+                list(validation.get('subjectNames') or [])
+            if not names or not all(isinstance(n, str) and n and not re.search(r'[\s\x00-\x1f]', n) for n in names):
+                errors.append(v._error(vvar + '.subjectName', validation.get('subjectName'), 'is not set or not valid',
+                                       "the name the endpoint's certificate must carry (DNS or URI SAN, e.g. "
+                                       'spiffe://cluster.local/ns/NS/sa/SA)'))
+        if protocol not in ('tls', 'h2'):
+            errors.append(v._error(svar + '.validation', validation, 'is given without a TLS protocol',
+                                   "protocol 'tls' or 'h2' with validation"))
+    if len(errors) > start:
+        return None
+    entry = OrderedDict([('name', sname), ('port', _as_int(port) if port is not None else None)])  # type: OrderedDict[str, Any]
+    if weight is not None:
+        entry['weight'] = _as_int(weight)
+    if protocol is not None:
+        entry['protocol'] = protocol
+    if validation is not None:
+        out_validation = OrderedDict([('caSecret', validation['caSecret'])])
+        if validation.get('subjectName') is not None:
+            out_validation['subjectName'] = validation['subjectName']
+        if validation.get('subjectNames'):
+            out_validation['subjectNames'] = list(validation['subjectNames'])
+        entry['validation'] = out_validation
+    return entry
+
+
 def _check_httpproxies(raw_list: Any, service_ports: Dict[Tuple[str, str], 'OrderedDict[str, int]'],
-                       shapes: List[str], errors: List[str]) -> List[Dict[str, Any]]:
+                       shapes: List[str], health_check: Optional[Mapping], errors: List[str]) -> List[Dict[str, Any]]:
     if raw_list is None:
         raw_list = []
     if not isinstance(raw_list, list):
-        errors.append(v._error('httpproxies', raw_list, 'is not a list', 'a list of HTTPProxy definitions'))
+        errors.append(v._error('httpproxies (%s)' % HTTPPROXY_VAR, raw_list, 'is not a list',
+                               'a list of HTTPProxy definitions'))
         return []
     proxies = []
     has_service_objects = 'endpointslice' in shapes or 'workloadentry' in shapes
@@ -333,6 +570,7 @@ def _check_httpproxies(raw_list: Any, service_ports: Dict[Tuple[str, str], 'Orde
             errors.append(v._error(var, raw, 'is not a mapping', 'a mapping with name, namespace, fqdn and routes'))
             continue
         start = len(errors)
+        _unknown_keys(var, raw, HTTPPROXY_KEYS, errors)
         name, namespace, fqdn = raw.get('name'), raw.get('namespace'), raw.get('fqdn')
         errors.extend(v.check_dns_subdomain(var + '.name', name))
         errors.extend(v.check_dns_label(var + '.namespace', namespace))
@@ -352,53 +590,27 @@ def _check_httpproxies(raw_list: Any, service_ports: Dict[Tuple[str, str], 'Orde
         for j, route in enumerate(routes):
             rvar = '%s.routes[%d]' % (var, j)
             if not isinstance(route, Mapping):
-                errors.append(v._error(rvar, route, 'is not a mapping', 'a mapping with prefix and services'))
+                errors.append(v._error(rvar, route, 'is not a mapping', 'a mapping with ' + ', '.join(ROUTE_KEYS)))
                 continue
+            _unknown_keys(rvar, route, ROUTE_KEYS, errors)
             prefix = route.get('prefix') or '/'
             if not isinstance(prefix, str) or not prefix.startswith('/') or ' ' in prefix:
                 errors.append(v._error(rvar + '.prefix', prefix, 'is not a path prefix', "a path starting with '/'"))
+            check = check_health_check(rvar + '.health_check', route.get('health_check'), health_check, errors)
+            retry = _check_retry(rvar + '.retry_policy', route.get('retry_policy'), errors)
             services = route.get('services')
             if not isinstance(services, list) or not services:
                 errors.append(v._error(rvar + '.services', services, 'is not a non-empty list',
-                                       'a list of services (name, port, weight)'))
+                                       'a list of services (%s)' % ', '.join(ROUTE_SERVICE_KEYS)))
                 continue
             out_services = []
             for k, svc in enumerate(services):
-                svar = '%s.services[%d]' % (rvar, k)
-                if not isinstance(svc, Mapping):
-                    errors.append(v._error(svar, svc, 'is not a mapping', 'a mapping with name, port and weight'))
-                    continue
-                sname = svc.get('name')
-                name_errors = v.check_dns1035_label(svar + '.name', sname)
-                errors.extend(name_errors)
-                port = svc.get('port')
-                vm_ports = service_ports.get((namespace, sname)) if not name_errors else None
-                if vm_ports is not None and not has_service_objects:
-                    errors.append(v._error(svar + '.name', sname, 'is a VM service, but no Kubernetes Service is built '
-                                           'for it', "shapes including 'endpointslice' or 'workloadentry'"))
-                if port is None or port == '':
-                    if vm_ports is not None and len(vm_ports) == 1:
-                        port = list(vm_ports.values())[0]
-                    else:
-                        errors.append('%s.port: is not set; allowed: %s (may be left out only for a VM service with '
-                                      'one port)' % (svar, v.ALLOWED_PORT))
-                        continue
-                port_errors = v.check_port(svar + '.port', port)
-                errors.extend(port_errors)
-                if not port_errors and vm_ports is not None and _as_int(port) not in vm_ports.values():
-                    errors.append(v._error(svar + '.port', port, 'is not a port of VM service %s/%s' % (namespace, sname),
-                                           'one of ' + ', '.join(str(p) for p in vm_ports.values())))
-                weight = svc.get('weight')
-                if weight is not None:
-                    number = _as_int(weight)
-                    if number is None or number < 0 or number > 4294967295:
-                        errors.append(v._error(svar + '.weight', weight, 'is not a valid route weight',
-                                               'integer 0-4294967295'))
-                entry = OrderedDict([('name', sname), ('port', _as_int(port))])
-                if weight is not None and _as_int(weight) is not None:
-                    entry['weight'] = _as_int(weight)
-                out_services.append(entry)
-            out_routes.append(OrderedDict([('prefix', prefix), ('services', out_services)]))
+                entry = _check_route_service('%s.services[%d]' % (rvar, k), svc, namespace, service_ports,
+                                             has_service_objects, errors)
+                if entry is not None:
+                    out_services.append(entry)
+            out_routes.append(OrderedDict([('prefix', prefix), ('services', out_services), ('health_check', check),
+                                           ('retry_policy', retry)]))
         if len(errors) == start:
             proxies.append(OrderedDict([('name', name), ('namespace', namespace), ('fqdn', fqdn),
                                         ('ingress_class_name', raw.get('ingress_class_name')),
@@ -468,7 +680,10 @@ def normalize(params: Mapping) -> Tuple[Optional[Config], List[str]]:
     if state == 'present':
         _check_services(endpoints, shapes, workload_group, max_per_slice, errors)
     service_ports = OrderedDict(((ep.namespace, ep.service), ep.ports) for ep in endpoints)
-    httpproxies = _check_httpproxies(params.get('httpproxies'), service_ports, shapes, errors)
+    health_check = check_health_check('httpproxy_health_check (%s)' % HEALTH_CHECK_VAR,
+                                      params.get('httpproxy_health_check'), HEALTH_CHECK_DEFAULTS, errors)
+    httpproxies = _check_httpproxies(params.get('httpproxies'), service_ports, shapes,
+                                     health_check or OrderedDict(HEALTH_CHECK_DEFAULTS, enabled=False), errors)
     if 'httpproxy' in shapes and not params.get('httpproxies') and state == 'present':
         errors.append("httpproxies: is not set; allowed: a list of HTTPProxy definitions (the 'httpproxy' shape "
                       "needs at least one)")
@@ -554,7 +769,8 @@ def _workload_spec(ep: Endpoint, with_address: bool = True) -> Dict[str, Any]:
     spec = OrderedDict()  # type: Dict[str, Any]
     if with_address:
         spec['address'] = ep.address
-    spec['ports'] = OrderedDict(ep.ports)
+    # Service port name -> the port that answers on the VM (docs/data-path.md).
+    spec['ports'] = OrderedDict(ep.endpoint_ports or ep.ports)
     spec['labels'] = effective_labels(ep)
     if ep.network:
         spec['network'] = ep.network
@@ -587,14 +803,27 @@ def render_workload_group(cfg: Config, api: Mapping, eps: List[Endpoint]) -> Dic
     return _obj(api, 'WorkloadGroup', _meta(cfg, first.service, first.namespace, first.service), spec=spec)
 
 
-def _service_ports(ports: Mapping) -> List[Dict[str, Any]]:
-    return [OrderedDict([('name', name), ('protocol', 'TCP'), ('port', port), ('targetPort', port)])
-            for name, port in ports.items()]
+def app_protocol(name: str) -> Optional[str]:
+    """The Kubernetes appProtocol of a port, from the Istio protocol prefix of its name (None: no claim)."""
+    return APP_PROTOCOLS.get(str(name).split('-', 1)[0])
+
+
+def _service_ports(ports: Mapping, targets: Optional[Mapping] = None) -> List[Dict[str, Any]]:
+    """The Service keeps the app's port names and numbers; targetPort is the port that answers on the VM."""
+    out = []
+    for name, port in ports.items():
+        entry = OrderedDict([('name', name), ('protocol', 'TCP')])  # type: Dict[str, Any]
+        if app_protocol(name):
+            entry['appProtocol'] = app_protocol(name)
+        entry['port'] = port
+        entry['targetPort'] = (targets or {}).get(name, port)
+        out.append(entry)
+    return out
 
 
 def render_service(cfg: Config, api: Mapping, eps: List[Endpoint], selector: bool) -> Dict[str, Any]:
     first = eps[0]
-    spec = OrderedDict([('ports', _service_ports(first.ports))])  # type: Dict[str, Any]
+    spec = OrderedDict([('ports', _service_ports(first.ports, first.endpoint_ports))])  # type: Dict[str, Any]
     if selector:
         spec['selector'] = OrderedDict([('app', effective_labels(first)['app'])])
     return _obj(api, 'Service', _meta(cfg, first.service, first.namespace, first.service), spec=spec)
@@ -668,8 +897,15 @@ def render_slices(cfg: Config, api: Mapping, namespace: str, service: str, ports
     return out
 
 
-def slice_ports(ports: Mapping) -> List[Dict[str, Any]]:
-    return [OrderedDict([('name', name), ('port', port), ('protocol', 'TCP')]) for name, port in ports.items()]
+def slice_ports(ports: Mapping, targets: Optional[Mapping] = None) -> List[Dict[str, Any]]:
+    """EndpointSlice ports: the Service port's name, the port that answers on the VM."""
+    out = []
+    for name, port in ports.items():
+        entry = OrderedDict([('name', name), ('port', (targets or {}).get(name, port)), ('protocol', 'TCP')])
+        if app_protocol(name):
+            entry['appProtocol'] = app_protocol(name)
+        out.append(entry)
+    return out
 
 
 def render_endpoints(cfg: Config, api: Mapping, namespace: str, service: str, ports: List[Mapping],
@@ -696,17 +932,72 @@ def render_endpoints(cfg: Config, api: Mapping, namespace: str, service: str, po
     return _obj(api, 'Endpoints', meta, **fields)
 
 
-def render_httpproxy(cfg: Config, api: Mapping, proxy: Mapping) -> Dict[str, Any]:
+def health_check_policy(check: Mapping) -> 'OrderedDict[str, Any]':
+    policy = OrderedDict()  # type: OrderedDict[str, Any]
+    for key, field in HEALTH_CHECK_KEYS.items():
+        if field and check.get(key) is not None:
+            policy[field] = check[key]
+    return policy
+
+
+def render_httpproxy(cfg: Config, api: Mapping, proxy: Mapping, vm_services: Iterable[str] = ()) -> Dict[str, Any]:
     virtualhost = OrderedDict([('fqdn', proxy['fqdn'])])  # type: Dict[str, Any]
     if proxy.get('tls_secret_name'):
         virtualhost['tls'] = OrderedDict([('secretName', proxy['tls_secret_name'])])
     spec = OrderedDict([('virtualhost', virtualhost)])  # type: Dict[str, Any]
     if proxy.get('ingress_class_name'):
         spec['ingressClassName'] = proxy['ingress_class_name']
-    spec['routes'] = [OrderedDict([('conditions', [OrderedDict([('prefix', route['prefix'])])]),
-                                   ('services', [OrderedDict(s) for s in route['services']])])
-                      for route in proxy['routes']]
-    return _obj(api, 'HTTPProxy', _meta(cfg, proxy['name'], proxy['namespace']), spec=spec)
+    routes = []
+    for route in proxy['routes']:
+        out = OrderedDict([('conditions', [OrderedDict([('prefix', route['prefix'])])]),
+                           ('services', [OrderedDict(s) for s in route['services']])])
+        if route.get('health_check'):
+            out['healthCheckPolicy'] = health_check_policy(route['health_check'])
+        if route.get('retry_policy'):
+            out['retryPolicy'] = OrderedDict(route['retry_policy'])
+        routes.append(out)
+    spec['routes'] = routes
+    vm_services = sorted(set(vm_services))
+    annotations = {VM_SERVICES_ANNOTATION: json.dumps(vm_services, separators=(',', ':'))} if vm_services else None
+    return _obj(api, 'HTTPProxy', _meta(cfg, proxy['name'], proxy['namespace'], annotations=annotations), spec=spec)
+
+
+def vm_services_of(obj: Mapping) -> List[str]:
+    """The VM services an HTTPProxy of this collection was written with (annotation; [] when missing or broken)."""
+    annotations = (obj.get('metadata') or {}).get('annotations') or {}
+    try:
+        names = json.loads(annotations.get(VM_SERVICES_ANNOTATION) or '[]')
+    except ValueError:
+        return []
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def _without_gone(obj: Dict[str, Any], gone: Set[str], notes: List[str]) -> Optional[Dict[str, Any]]:
+    """The HTTPProxy with every route service in ``gone`` (VM services without hosts) removed; None when no route
+    is left. Says what it did in ``notes``."""
+    ref = obj_ref(obj)
+    spec = obj.get('spec') or {}
+    routes = []
+    for route in spec.get('routes') or []:
+        prefixes = ', '.join(c.get('prefix', '') for c in route.get('conditions') or [] if 'prefix' in c) or '/'
+        kept = [svc for svc in route.get('services') or [] if svc.get('name') not in gone]
+        removed = [svc.get('name') for svc in route.get('services') or [] if svc.get('name') in gone]
+        if removed and kept:
+            notes.append('%s: route %s no longer sends to %s (no host left); it keeps %s'
+                         % (ref, prefixes, ', '.join(removed), ', '.join(svc.get('name') for svc in kept)))
+        elif removed:
+            notes.append('%s: route %s removed: its only services %s have no host left'
+                         % (ref, prefixes, ', '.join(removed)))
+        if kept:
+            routes.append(dict(route, services=kept))
+    if not routes:
+        notes.append('%s: no route left, so the HTTPProxy is deleted (not created)' % ref)
+        return None
+    before = [len(route.get('services') or []) for route in spec.get('routes') or []]
+    if before == [len(route.get('services') or []) for route in routes]:
+        return obj
+    out = dict(obj, spec=dict(spec, routes=routes))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -737,19 +1028,19 @@ def _render_service_objects(cfg: Config, api: Mapping, eps: List[Endpoint]) -> L
     if 'endpointslice' in cfg.shapes:
         objs.append(render_service(cfg, api, eps, selector=False))
         entries = [(ep.host, slice_entry(ep)) for ep in eps]
-        ports = slice_ports(first.ports)
+        ports = slice_ports(first.ports, first.endpoint_ports)
         objs.extend(render_slices(cfg, api, first.namespace, first.service, ports, entries, _infos(eps)))
         if cfg.legacy_endpoints:
             objs.append(render_endpoints(cfg, api, first.namespace, first.service, ports, entries))
     return objs
 
 
-def build_full(cfg: Config, api: Mapping) -> List[Dict[str, Any]]:
+def build_full(cfg: Config, api: Mapping, with_proxies: bool = True) -> List[Dict[str, Any]]:
     """The whole desired state of the registration set (a complete run)."""
     objs = []
     for eps in _by_service(cfg.endpoints).values():
         objs.extend(_render_service_objects(cfg, api, eps))
-    if 'httpproxy' in cfg.shapes:
+    if with_proxies and 'httpproxy' in cfg.shapes:
         objs.extend(render_httpproxy(cfg, api, proxy) for proxy in cfg.httpproxies)
     return objs
 
@@ -826,7 +1117,7 @@ def build_partial(cfg: Config, api: Mapping, live: Iterable[Mapping]) -> Tuple[L
             kept_entries = _kept_slice_entries(by_kind.get('EndpointSlice', []), touched)
             new = [(ep.host, slice_entry(ep)) for ep in eps] if 'endpointslice' in cfg.shapes else []
             if eps and 'endpointslice' in cfg.shapes:
-                ports = slice_ports(eps[0].ports)
+                ports = slice_ports(eps[0].ports, eps[0].endpoint_ports)
             else:
                 source = (by_kind.get('EndpointSlice') or [{}])[0]
                 ports = [dict(p) for p in source.get('ports') or []]
@@ -846,8 +1137,6 @@ def build_partial(cfg: Config, api: Mapping, live: Iterable[Mapping]) -> Tuple[L
             # Gone: slices no longer needed, and the given hosts' WorkloadEntries under an old name.
             if obj['kind'] == 'EndpointSlice' or (obj['kind'] == 'WorkloadEntry' and touched.intersection(hosts_of(obj))):
                 delete.append(obj)
-    if cfg.state == 'present' and 'httpproxy' in cfg.shapes:
-        apply.extend(render_httpproxy(cfg, api, proxy) for proxy in cfg.httpproxies)
     return apply, delete
 
 
@@ -896,11 +1185,84 @@ def _kept_slice_entries(objs: List[Mapping], touched: Set[str]) -> List[Tuple[st
 def plan(cfg: Config, api: Mapping, live: List[Mapping]) -> Plan:
     """What to apply and what to delete, given the live objects of this registration set."""
     owned_live = [o for o in live if owned(o, cfg.registration)]
+    registered = OrderedDict()  # type: OrderedDict[Tuple[str, str], List[Mapping]]
+    for obj in owned_live:
+        if _service_of(obj) and obj.get('kind') in PER_SERVICE_KINDS + ('WorkloadEntry',):
+            registered.setdefault((obj_key(obj)[1], _service_of(obj)), []).append(obj)
+    now = set((ep.namespace, ep.service) for ep in cfg.endpoints) if cfg.state == 'present' else set()
     if cfg.state == 'present' and cfg.prune:
-        return Plan(desired=build_full(cfg, api), delete=[], prune_all=True, mode='full')
-    desired, delete = build_partial(cfg, api, owned_live)
-    return Plan(desired=desired, delete=delete, prune_all=False,
-                mode='absent' if cfg.state == 'absent' else 'merge')
+        desired, delete, mode = build_full(cfg, api, with_proxies=False), [], 'full'
+        after = now
+    else:
+        desired, delete = build_partial(cfg, api, owned_live)
+        mode = 'absent' if cfg.state == 'absent' else 'merge'
+        deleted = set(obj_key(o) for o in delete)
+        after = now | set(key for key, objs in registered.items() if any(obj_key(o) not in deleted for o in objs))
+    notes = []  # type: List[str]
+    proxies, proxy_delete = _plan_httpproxies(cfg, api, owned_live, set(registered), after, notes,
+                                              fix_live=mode != 'full')
+    desired.extend(proxies)
+    if mode != 'full':
+        delete.extend(proxy_delete)
+    errors = ['%s route %s service %s (%s): port is not set; allowed: %s (may be left out only for a VM service '
+              'with one port)' % (obj_ref(obj), ', '.join(c.get('prefix', '') for c in route.get('conditions') or []),
+                                  svc.get('name'), HTTPPROXY_VAR, v.ALLOWED_PORT)
+              for obj in proxies for route in (obj.get('spec') or {}).get('routes') or []
+              for svc in route.get('services') or [] if svc.get('port') is None]
+    return Plan(desired=desired, delete=delete, prune_all=mode == 'full', mode=mode, notes=notes, errors=errors)
+
+
+def _plan_httpproxies(cfg: Config, api: Mapping, owned_live: List[Mapping], registered: Set[Tuple[str, str]],
+                      after: Set[Tuple[str, str]], notes: List[str],
+                      fix_live: bool = True) -> Tuple[List[Dict[str, Any]], List[Mapping]]:
+    """HTTPProxies to apply and to delete. A route never names a VM service of this set that has no host left:
+    such a service is taken out of its routes, a route left without a service is removed, an HTTPProxy left
+    without a route is deleted. Live HTTPProxies of the set that this run does not define are fixed up the
+    same way (a decommission run passes none)."""
+    live_proxies = OrderedDict((obj_key(o), o) for o in owned_live if o.get('kind') == 'HTTPProxy')
+    apply, delete = [], []  # type: Tuple[List[Dict[str, Any]], List[Mapping]]
+    defined = set()
+    proxies = cfg.httpproxies if cfg.state == 'present' and 'httpproxy' in cfg.shapes else []
+    for proxy in proxies:
+        key = ('HTTPProxy', proxy['namespace'], proxy['name'])
+        defined.add(key)
+        namespace = proxy['namespace']
+        known = set(name for ns, name in registered | after if ns == namespace)
+        known.update(vm_services_of(live_proxies.get(key) or {}))
+        names = set(svc['name'] for route in proxy['routes'] for svc in route['services'])
+        vm_names = names & known
+        gone = set(name for name in vm_names if (namespace, name) not in after)
+        obj = render_httpproxy(cfg, api, proxy, vm_names)
+        kept = _without_gone(obj, gone, notes) if gone else obj
+        if kept is not None:
+            apply.append(kept)
+        elif key in live_proxies:
+            delete.append(live_proxies[key])
+            notes[-1] = notes[-1].replace('deleted (not created)', 'deleted')
+        else:
+            notes[-1] = notes[-1].replace('deleted (not created)', 'not created')
+    for key, live in live_proxies.items():
+        if key in defined or not fix_live:  # a complete run prunes the HTTPProxies it does not define
+            continue
+        namespace = key[1]
+        names = set(svc.get('name') for route in (live.get('spec') or {}).get('routes') or []
+                    for svc in route.get('services') or [])
+        known = set(name for ns, name in registered if ns == namespace) | set(vm_services_of(live))
+        gone = set(name for name in names & known if (namespace, name) not in after)
+        if not gone:
+            continue
+        current = OrderedDict((k, live[k]) for k in ('apiVersion', 'kind') if k in live)
+        meta = live.get('metadata') or {}
+        current['metadata'] = OrderedDict((k, meta[k]) for k in ('name', 'namespace', 'labels', 'annotations')
+                                          if meta.get(k))
+        current['spec'] = live.get('spec') or {}
+        kept = _without_gone(current, gone, notes)
+        if kept is None:
+            delete.append(live)
+            notes[-1] = notes[-1].replace('deleted (not created)', 'deleted')
+        else:
+            apply.append(kept)
+    return apply, delete
 
 
 def duplicate_names(objs: Iterable[Mapping]) -> List[str]:
