@@ -196,8 +196,10 @@ options:
       - "Each item: C(name), C(namespace) (of the HTTPProxy and of the Services it routes to), C(fqdn)
         (C(spec.virtualhost.fqdn)), optional C(ingress_class_name), C(tls_secret_name)
         (C(spec.virtualhost.tls.secretName)), and C(routes)."
-      - "Each route: C(prefix) (default V(/)), C(services), and optional C(health_check) (V(true), V(false), or keys
-        of O(httpproxy_health_check) that override it for this route)."
+      - "Each route: C(prefix) (default V(/)), C(services), optional C(health_check) (V(true), V(false), or keys
+        of O(httpproxy_health_check) that override it for this route), and optional C(retry_policy) (Contour's
+        C(retryPolicy) from C(count) 1-10, C(per_try_timeout) such as V(2s), and C(retry_on), a list of Contour's
+        retry conditions such as V(5xx), V(reset), V(connect-failure))."
       - "Each route service: C(name), C(port) (may be left out for a VM service with one port), C(weight)
         (Contour's default without weights is an even split), C(protocol) (Contour's upstream protocol: V(h2c),
         V(h2) or V(tls); left out, Contour follows the Service port's C(appProtocol), which this module sets from
