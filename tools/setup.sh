@@ -2,10 +2,11 @@
 # One-command set-up for a fresh Debian 12 machine (run as root). Idempotent: when everything
 # is in place it only checks, in a few seconds.
 #
-#   tools/setup.sh [apt] [venv] [envoy] [images] [sanity] [link] [kube]   (default: all but kube)
+#   tools/setup.sh [apt] [venv] [envoy] [images] [sanity] [link] [kube] [contour]   (default: all but kube, contour)
 #
-# `make setup` runs every step but kube (make kube-build runs that one): everything a test asserts is
-# prepared (tests/unit/test_setup_steps.py checks that the Makefile names every step).
+# `make setup` runs every step but the Go builds, kube and contour (make kube-build runs those, several
+# minutes cold): between them everything a test asserts is prepared (tests/unit/test_setup_steps.py checks
+# that the Makefile names every step).
 #
 # Caches live outside the work tree, under FLEETMESH_CACHE (default /var/cache/fleetmesh), so
 # a fresh clone on the same machine reuses them.
@@ -60,6 +61,7 @@ step_venv() {
 step_envoy() { "$root/tools/fetch-envoy.sh"; }
 step_images() { "$root/tools/lab/build-images.sh"; }
 step_kube() { "$root/tests/harness/build-kube.sh"; }
+step_contour() { "$root/tests/harness/build-contour.sh"; }
 # ansible-test sanity gets a HOME of its own, holding its per-test virtualenvs and a local
 # stand-in for its pip bootstrap download (see tools/ansible-test-get-pip.py).
 step_sanity() {
