@@ -157,6 +157,17 @@ def check_crds(write: bool = False) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 5.0):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
 class Contour:
     """``contour serve`` (xDS on loopback, admin kubeconfig of the harness API server) plus one Envoy."""
 
@@ -347,16 +358,13 @@ class Contour:
             raise ContourError(f"{exc}; last answer: {last[0]} {last[1][:300]}") from None
 
     def admin(self, path: str) -> str:
-        """GET on Envoy's admin interface (a unix socket)."""
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.settimeout(5)
-            sock.connect(str(self.admin_socket))
-            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n".encode())
-            chunks = []
-            while data := sock.recv(65536):
-                chunks.append(data)
-        raw = b"".join(chunks).decode(errors="replace")
-        return raw.split("\r\n\r\n", 1)[1] if "\r\n\r\n" in raw else raw
+        """GET on Envoy's admin interface (a unix socket; HTTP/1.1, which Envoy's admin requires)."""
+        conn = _UnixHTTPConnection(str(self.admin_socket), timeout=5)
+        try:
+            conn.request("GET", path, headers={"Host": "admin"})
+            return conn.getresponse().read().decode(errors="replace")
+        finally:
+            conn.close()
 
     def upstream_health(self, namespace: str, service: str, port: int) -> dict[str, list[str]]:
         """address:port -> health flags of the endpoints of Contour's cluster for a Service port."""
