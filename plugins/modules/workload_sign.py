@@ -119,7 +119,9 @@ notes:
   - Needs the Python package C(cryptography) on the controller, and C(kubernetes) for the Secret sources.
   - In check mode a missing lab CA is generated in memory only; signing itself changes nothing outside the controller's
     memory and runs in check mode too, so that the install tasks can show their diff.
-  - Reports V(changed) when it issued certificates or created the lab CA.
+  - Reports V(changed) when it issued the certificate of the host the task runs as (the first host of the play,
+    with C(run_once)), or created the lab CA; every host's install task reports its own certificate change.
+    RV(signed) lists every host it issued a certificate for.
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.conn

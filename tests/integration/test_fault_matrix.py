@@ -1,0 +1,286 @@
+"""Fault matrix of upgrade.yml (issue 12, section 2): one lab of 5 VMs (Debian and EL), a real kube-apiserver with the
+EndpointSlice shape, traffic running throughout, one row per fault:
+
+  kill9        kill -9 of the canary's new Envoy while its health gate runs
+  vm_stopped   a VM of the last batch stopped (podman stop) in the middle of its batch
+  api_*        the API server down at mark-not-ready, during the switch, at mark-ready
+  unavailable  an upgrade_to that is not in the artifact cache
+  unreachable  a host of the inventory that does not answer
+
+For each row: the run fails and its summary and report say what happened (never "complete"); every reachable host
+ends LIVE on exactly one version with its health check on and registered ready (EndpointSlice endpoint ready) - for
+the API rows once the API server is back; 0 failed requests to the healthy hosts; a plain re-run (the fault gone)
+converges, and one more run reports changed=0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import kubeapi  # tests/harness is put on sys.path by conftest.py
+import pytest
+from kubeapi_pytest import require_kube_binaries
+
+from tests.integration.labutil import RECAP, ROOT, Run, Traffic, env, extra, lab_up, playbook
+
+pytestmark = [pytest.mark.lab, pytest.mark.kube, pytest.mark.slow]
+NS = "fleet-lab"  # inventories/lab/group_vars/web.yml
+OWNED = "app.kubernetes.io/managed-by=fleetmesh.envoy"
+HOSTS = {"fm-deb-1": "10.213.77.11", "fm-deb-2": "10.213.77.12", "fm-deb-3": "10.213.77.13",
+         "fm-deb-4": "10.213.77.14", "fm-el-1": "10.213.77.51"}
+CANARY = "fm-deb-1"  # the first host of the inventory: the canary batch of upgrade.yml
+GHOST = ("fm-ghost", "10.213.77.99")  # on the lab network, but no VM answers there
+OLD, NEW = "1.39.3", "1.40.0"
+PODMAN_ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "tools" / "lab" / "containers.conf"))
+
+
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["podman", *args], env=PODMAN_ENV, capture_output=True, text=True, check=check, timeout=120)
+
+
+def envoy_state(hosts=None) -> dict[str, tuple[str, str, str]]:
+    """host -> (version served, server state, version behind the current link), read inside each VM."""
+    out = {}
+    for host in hosts or HOSTS:
+        info = podman("exec", host, "curl", "-s", "http://127.0.0.1:9901/server_info").stdout
+        link = podman("exec", host, "readlink", "/opt/fleetmesh/envoy/current").stdout.strip()
+        data = json.loads(info)
+        out[host] = (data["version"].split("/")[1], data["state"], link)
+    return out
+
+
+def slice_ready(api: kubeapi.KubeAPI) -> dict[str, bool]:
+    """address -> conditions.ready over the owned EndpointSlices of the namespace."""
+    path = api.resource_path("discovery.k8s.io/v1", "EndpointSlice", None, NS) + f"?labelSelector={OWNED}"
+    status, body = api.request("GET", path)
+    assert status == 200, body
+    return {ep["addresses"][0]: ep.get("conditions", {}).get("ready", True)
+            for item in body["items"] for ep in item.get("endpoints") or []}
+
+
+def watched_playbook(args: list[str], on_line) -> Run:
+    """ansible-playbook with its output read line by line, so that a fault can be injected at a given task."""
+    cmd = ["ansible-playbook", "-i", "inventories/lab", *args]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(env(), PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        on_line(line)
+    rc = proc.wait(timeout=900)
+    out = "".join(lines)
+    recap = {m[0]: {"ok": int(m[1]), "changed": int(m[2]), "unreachable": int(m[3]), "failed": int(m[4]),
+                    "skipped": int(m[5])} for m in RECAP.findall(out)}
+    return Run(rc, out, recap, time.monotonic() - t0)
+
+
+class Trigger:
+    """Calls action once, in a thread, when the n-th line matching pattern is printed."""
+
+    def __init__(self, pattern: str, action, nth: int = 1):
+        self.pattern, self.action, self.nth = re.compile(pattern), action, nth
+        self.seen = 0
+        self.thread: threading.Thread | None = None
+
+    def __call__(self, line: str):
+        if self.thread is None and self.pattern.search(line):
+            self.seen += 1
+            if self.seen == self.nth:
+                self.thread = threading.Thread(target=self.action, daemon=True)
+                self.thread.start()
+
+    def join(self):
+        if self.thread:
+            self.thread.join(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    require_kube_binaries()
+    api = kubeapi.KubeAPI(tmp_path_factory.mktemp("kube"))
+    api.start()
+    try:
+        api.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])
+        lab_up(5)
+        run = playbook("lab_app.yml")
+        assert run.rc == 0, run.out[-3000:]
+        registration = {"fleetmesh_kubeconfig": str(api.registrar_kubeconfig),
+                        "mesh_registration_shapes": ["endpointslice"]}
+        yield api, registration
+    finally:
+        api.stop()
+        # leave the lab as the other tests expect it: 3 VMs on the default version
+        lab_up(3)
+        playbook("envoy.yml")
+
+
+def reset(api, registration):
+    """Every VM on the old version, LIVE, registered ready (a complete registration run prunes leftovers)."""
+    run = playbook("envoy.yml", *extra(envoy_version=OLD))
+    assert run.rc == 0, run.out[-4000:]
+    run = playbook("register.yml", *extra(**registration))
+    assert run.rc == 0, run.out[-4000:]
+    assert envoy_state() == {h: (OLD, "LIVE", OLD) for h in HOSTS}
+    assert slice_ready(api) == dict.fromkeys(HOSTS.values(), True)
+
+
+def report_of(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def assert_serving(hosts, api=None):
+    """Each host LIVE (health check on, not draining) on exactly one version: the served one is the linked one."""
+    state = envoy_state(hosts)
+    for served, status, linked in state.values():
+        assert status == "LIVE", state
+        assert served == linked and served in (OLD, NEW), state
+    if api is not None:
+        ready = slice_ready(api)
+        assert {HOSTS[h]: ready.get(HOSTS[h]) for h in hosts} == {HOSTS[h]: True for h in hosts}, ready
+    return state
+
+
+ROWS = ["kill9", "vm_stopped", "api_mark_not_ready", "api_switch", "api_mark_ready", "unavailable", "unreachable"]
+
+
+@pytest.mark.parametrize("row", ROWS)
+def test_fault_row(lab, row, tmp_path):
+    api, registration = lab
+    reset(api, registration)
+    report = tmp_path / "report.json"
+    args = ["playbooks/upgrade.yml", *extra(upgrade_to=NEW, target="lab", upgrade_register=True,
+                                            upgrade_report=str(report), **registration)]
+    healthy = dict(HOSTS)
+    trigger = Trigger(r"^\Z", lambda: None)
+    version = NEW
+    restore = []
+
+    if row == "kill9":
+        del healthy[CANARY]
+        rescued = threading.Event()
+
+        def keep_killing():  # the canary's new epoch dies, and stays dead until the gate has judged it
+            end = time.monotonic() + 60
+            while not rescued.is_set() and time.monotonic() < end:
+                podman("exec", CANARY, "pkill", "-9", "-f", f"^/opt/fleetmesh/envoy/{NEW}/envoy", check=False)
+                time.sleep(0.2)
+
+        trigger = Trigger(r"^TASK \[Step health-gate\]", keep_killing)
+
+        def on_line(line, _t=trigger):  # the rescue (rollback) stops the killing
+            if "TASK [Read the hot-restart wrapper's account of the last reload]" in line:
+                rescued.set()
+            _t(line)
+    elif row == "vm_stopped":
+        victim = "fm-deb-4"  # in the last batch (fm-deb-3, fm-deb-4, fm-el-1)
+        del healthy[victim]
+        trigger = Trigger(r"^TASK \[Step drain\]", lambda: podman("stop", "-t", "0", victim), nth=3)
+        restore.append(lambda: (podman("start", victim), lab_up(5)))
+        on_line = trigger
+    elif row.startswith("api_"):
+        pattern, nth = {"api_mark_not_ready": (r"^TASK \[Note in the report that the rollout is under way\]", 1),
+                        "api_switch": (r"^TASK \[Step switch-validate-restart\]", 1),
+                        "api_mark_ready": (r"^TASK \[Step health-gate\]", 1)}[row]
+        trigger = Trigger(pattern, api.stop_apiserver, nth=nth)
+        restore.append(api.start_apiserver)
+        on_line = trigger
+    elif row == "unavailable":
+        version = "1.41.0"  # valid, but not in the artifact cache
+        args = ["playbooks/upgrade.yml", *extra(upgrade_to=version, target="lab", upgrade_register=True,
+                                                upgrade_report=str(report), **registration)]
+        on_line = trigger
+    else:  # unreachable
+        ghost = tmp_path / "ghost.yml"
+        ghost.write_text(f"lab:\n  children:\n    lab_el:\n      hosts:\n        {GHOST[0]}:\n"
+                         f"          ansible_host: {GHOST[1]}\n")
+        args = [*args, "-i", str(ghost)]
+        on_line = trigger
+
+    urls = [f"http://{ip}:10000/" for ip in healthy.values()]
+    with Traffic(urls, max_seconds=600) as traffic:
+        run = watched_playbook(args, on_line)
+        trigger.join()
+    log = ROOT / ".build" / f"test-fault-matrix-{row}.log"
+    log.parent.mkdir(exist_ok=True)
+    log.write_text(run.out)
+    try:
+        # The run failed and says so, in the summary and in the report.
+        assert run.rc != 0, f"the rollout went through '{row}' without failing; see {log}"
+        data = report_of(report)
+        assert data["result"] != "complete" and "complete" not in data.get("summary", ""), data
+        assert f"Rollout to {version} complete" not in run.out
+        failure = data["failure"]
+        assert failure, data
+        if row == "kill9":
+            assert failure["host"] == CANARY and failure["step"] == "health-gate", failure
+            assert failure["rolled_back_to"] == OLD
+            assert f"Upgrade of {CANARY} to {NEW} failed at step 'health-gate'" in run.out
+            assert f"rolled back to {OLD}" in run.out
+            assert {r["host"]: r["result"] for r in data["hosts"]}[CANARY] == "rolled back"
+            assert {r["host"]: r["registered_ready"] for r in data["hosts"]}[CANARY] is True
+        elif row == "vm_stopped":
+            rows = {r["host"]: r for r in data["hosts"]}
+            assert rows["fm-deb-4"]["result"] == "unreachable", rows
+            assert failure["host"] == "fm-deb-4" and "unreachable" in failure["reason"], failure
+            assert "Upgrade of fm-deb-4 to 1.40.0 failed at step '" in run.out, "the summary names the lost host"
+            assert run.recap["fm-deb-4"]["unreachable"] >= 1
+            # lost after mark-not-ready: Kubernetes keeps it not ready, truthfully
+            assert slice_ready(api)[HOSTS["fm-deb-4"]] is False
+        elif row.startswith("api_"):
+            step = "mark-not-ready" if row == "api_mark_not_ready" else "mark-ready"
+            assert failure["host"] == CANARY and failure["step"] == step, failure
+            assert "cannot reach the Kubernetes API" in failure["reason"], failure
+            assert f"Upgrade of {CANARY} to {NEW} failed at step '{step}'" in run.out
+        elif row == "unavailable":
+            assert data["result"] == "refused" and failure["step"] == "check-version", data
+            assert "is not available" in failure["reason"] and "1.41.0" in failure["reason"], failure
+            assert "No host was marked not ready, drained or changed" in run.out
+            assert set(run.recap) <= {"localhost", *HOSTS} and sum(r["changed"] for r in run.recap.values()) == 0
+        else:
+            rows = {r["host"]: r for r in data["hosts"]}
+            assert rows[GHOST[0]]["result"] == "unreachable" and rows[GHOST[0]]["step"] == "connect", rows
+            assert f"Upgrade of {GHOST[0]} to {NEW} failed at step 'connect'" in run.out
+            # registered VMs found unreachable are marked not ready
+            assert slice_ready(api).get(GHOST[1]) is False
+
+        # Every reachable host serves, LIVE, on exactly one version; no failed request to a healthy host.
+        state = assert_serving(healthy, None if row.startswith("api_") else api)
+        if row in ("unavailable", "api_mark_not_ready"):
+            assert {v for v, _s, _l in state.values()} == {OLD}, state
+        if row in ("api_switch", "api_mark_ready"):
+            assert state[CANARY][0] == NEW, "the canary passed its gate and keeps the new version"
+        assert traffic.ok > 50
+        assert traffic.failed == 0, traffic.errors
+    finally:
+        for fix in restore:
+            fix()
+
+    if row == "unavailable":
+        # The same command refuses the same way, and still touches nothing.
+        again = playbook(*args)
+        assert again.rc != 0 and report_of(report)["result"] == "refused"
+        assert sum(r["changed"] for r in again.recap.values()) == 0
+        assert_serving(HOSTS, api)
+        return
+
+    # The fault is gone: a plain re-run converges, and one more run changes nothing.
+    args = [a for a in args if a != "-i" and not a.endswith("ghost.yml")]
+    with Traffic([f"http://{ip}:10000/" for ip in HOSTS.values()], max_seconds=600) as traffic:
+        again = playbook(*args)
+    assert again.rc == 0, again.out[-6000:]
+    assert report_of(report)["result"] == "complete"
+    assert f"Rollout to {NEW} complete on {len(HOSTS)} hosts" in again.out
+    assert envoy_state() == {h: (NEW, "LIVE", NEW) for h in HOSTS}
+    ready = slice_ready(api)
+    assert {HOSTS[h]: ready[HOSTS[h]] for h in HOSTS} == dict.fromkeys(HOSTS.values(), True), ready
+    assert traffic.failed == 0, traffic.errors
+    third = playbook(*args)
+    assert third.rc == 0, third.out[-4000:]
+    assert {h: r["changed"] for h, r in third.recap.items()} == {h: 0 for h in third.recap}, third.out[-4000:]
