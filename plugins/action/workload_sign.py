@@ -174,7 +174,7 @@ class ActionModule(ActionBase):
                 except (IOError, OSError) as err:
                     raise SignError('cannot read %s %s on the controller: %s' % (name, path, err.strerror)) from None
             return ca_lib.CA(texts['ca_cert'], texts['ca_key'], texts.get('ca_chain'), None,
-                          'CA files %s' % args['ca_cert']), False
+                             'CA files %s' % args['ca_cert']), False
         kube = KubeSecrets(args['kubeconfig'], args['kube_context'])
         try:
             data = kube.read(args['secret_namespace'], args['secret_name'])

@@ -38,7 +38,7 @@ def test_facts_not_gathered_yet_are_left_to_the_roles_but_other_undefined_names_
     later, found = only(tmp_path, target="lab", fleetmesh_address="{{ ansible_default_ipv4.address }}")
     assert later.rc == 0, later.out[-3000:]
     assert found["fm-deb-1"]["address"] is None
-    typo, _ = only(tmp_path, target="lab", envoy_log_level="{{ envoy_log_levle }}")
+    typo = only(tmp_path, target="lab", envoy_log_level="{{ envoy_log_levle }}")[0]
     assert typo.rc != 0
     assert "host fm-deb-1: envoy_log_level: cannot be resolved ('envoy_log_levle' is undefined)" in typo.out
 

@@ -342,8 +342,8 @@ def test_chain_with_a_forged_link_is_refused():
 def test_explicit_root_must_be_the_chain_root():
     hierarchy = Hierarchy(1)
     with pytest.raises(pki.PKIError, match="not at the given root"):
-        ca_lib.CA(pem(hierarchy.signing), key_pem(hierarchy.signing_key), pem(hierarchy.root), pem(Hierarchy(0).root),
-               "test")
+        ca_lib.CA(pem(hierarchy.signing), key_pem(hierarchy.signing_key), pem(hierarchy.root),
+                  pem(Hierarchy(0).root), "test")
 
 
 def test_leaf_never_outlives_the_ca(tmp_path, backend):
