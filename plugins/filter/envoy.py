@@ -159,6 +159,54 @@ def _cluster(i, spec):
     return out
 
 
+STATS_LISTENER = 'fleetmesh_stats'
+STATS_CLUSTER = 'fleetmesh_admin_stats'
+STATS_PATH = '/stats/prometheus'
+
+
+def _stats(spec, admin_address, admin_port, listeners):
+    """The Prometheus listener (as Istio's 15090): only GET /stats/prometheus, proxied to the loopback admin."""
+    stats = spec.get('stats') or {}
+    enabled = stats.get('enabled', False)
+    if not isinstance(enabled, bool):
+        _fail('envoy_stats_enabled', enabled, 'true or false')
+    if not enabled:
+        return None, None
+    address = stats.get('address', '0.0.0.0')
+    if not isinstance(address, str) or not _is_ip(address) or ':' in address:
+        _fail('envoy_stats_address', address, 'an IPv4 address (0.0.0.0 for every address)')
+    port = _port('envoy_stats_port', stats.get('port', 15090))
+    if port == admin_port:
+        _fail('envoy_stats_port', port, 'a port other than envoy_admin_port (%d)' % admin_port)
+    for name, (l_address, l_port) in listeners:
+        if l_port == port and (l_address == address or '0.0.0.0' in (l_address, address)):
+            _fail('envoy_stats_port', port, 'a port no listener of envoy_listeners uses (listener %s is on %s:%d)'
+                  % (name, l_address, l_port))
+        if name == STATS_LISTENER:
+            _fail('envoy_listeners', name, 'a listener name other than %s (the stats listener)' % STATS_LISTENER)
+    # The admin interface stays where it is (loopback unless opted in); the stats listener reaches it there.
+    target = '127.0.0.1' if admin_address in ('0.0.0.0', '') else admin_address
+    routes = [
+        {'match': {'path': STATS_PATH, 'headers': [{'name': ':method', 'string_match': {'exact': 'GET'}}]},
+         'route': {'cluster': STATS_CLUSTER, 'timeout': '10s'}},
+        {'match': {'prefix': '/'}, 'direct_response': {'status': 404, 'body': {'inline_string': 'not found\n'}}},
+    ]
+    hcm = {
+        '@type': HCM,
+        'stat_prefix': STATS_LISTENER,
+        'codec_type': 'AUTO',
+        'normalize_path': True,
+        'route_config': {'name': STATS_LISTENER, 'virtual_hosts': [{'name': STATS_LISTENER, 'domains': ['*'], 'routes': routes}]},
+        'http_filters': [{'name': 'envoy.filters.http.router', 'typed_config': {'@type': ROUTER}}],
+    }
+    listener = {'name': STATS_LISTENER, 'address': _socket(address, port),
+                'filter_chains': [{'filters': [{'name': 'envoy.filters.network.http_connection_manager', 'typed_config': hcm}]}]}
+    cluster = {'name': STATS_CLUSTER, 'type': 'STATIC', 'connect_timeout': '1s',
+               'load_assignment': {'cluster_name': STATS_CLUSTER,
+                                   'endpoints': [{'lb_endpoints': [{'endpoint': {'address': _socket(target, admin_port)}}]}]}}
+    return listener, cluster
+
+
 def envoy_bootstrap(spec):
     """Render an Envoy v3 bootstrap from the role's structured variables (see envoy_bootstrap.yml)."""
     if not isinstance(spec, dict):
@@ -169,6 +217,8 @@ def envoy_bootstrap(spec):
         'node': {'id': node.get('id', 'envoy'), 'cluster': node.get('cluster', 'envoy')},
         'admin': {'address': _socket(admin.get('address', '127.0.0.1'), _port('envoy_admin_port', admin.get('port', 9901)))},
     }
+    admin_address = boot['admin']['address']['socket_address']['address']
+    admin_port = boot['admin']['address']['socket_address']['port_value']
     if node.get('locality'):
         region, _sep, zone = str(node['locality']).partition('/')
         boot['node']['locality'] = {'region': region, 'zone': zone}
@@ -179,6 +229,8 @@ def envoy_bootstrap(spec):
     names = [c['name'] for c in clusters]
     if len(set(names)) != len(names):
         _fail('envoy_clusters', names, 'unique cluster names')
+    if STATS_CLUSTER in names:
+        _fail('envoy_clusters', STATS_CLUSTER, 'a cluster name other than %s (the stats listener\'s)' % STATS_CLUSTER)
     if mode == 'xds':
         xds = spec.get('xds') or {}
         xds_cluster = {'name': 'xds', 'endpoints': [{'address': xds.get('address'), 'port': xds.get('port', 15012)}],
@@ -192,13 +244,21 @@ def envoy_bootstrap(spec):
             'cds_config': {'ads': {}, 'resource_api_version': 'V3'},
             'lds_config': {'ads': {}, 'resource_api_version': 'V3'},
         }
-        boot['static_resources'] = {'clusters': clusters}
+        stats_listener, stats_cluster = _stats(spec, admin_address, admin_port, [])
+        boot['static_resources'] = {'clusters': clusters + ([stats_cluster] if stats_cluster else [])}
+        if stats_listener:
+            boot['static_resources']['listeners'] = [stats_listener]
         return boot
     listeners = [_listener(i, spec_l, set(names), spec.get('health_path', '/healthz'))
                  for i, spec_l in enumerate(spec.get('listeners') or [])]
     ports = [(entry['address']['socket_address']['address'], entry['address']['socket_address']['port_value']) for entry in listeners]
     if len(set(ports)) != len(ports):
         _fail('envoy_listeners', ports, 'distinct address:port pairs')
+    stats_listener, stats_cluster = _stats(spec, admin_address, admin_port,
+                                           [(entry['name'], port) for entry, port in zip(listeners, ports)])
+    if stats_listener:
+        listeners.append(stats_listener)
+        clusters.append(stats_cluster)
     boot['static_resources'] = {'listeners': listeners, 'clusters': clusters}
     return boot
 

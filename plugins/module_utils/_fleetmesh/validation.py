@@ -669,6 +669,45 @@ def _endpoints_ports_rule(key):
     return rule
 
 
+ALLOWED_STATS_ADDRESS = 'an IPv4 address, 0.0.0.0 for every address of the host'
+ALLOWED_STATS_PORT = ('integer 1-65535, not envoy_admin_port and not the port of a listener in envoy_listeners on the '
+                      'same (or every) address')
+ISTIO_SIDECAR_STATS_PORT = 15090
+
+
+def _stats_address_rule(var, value, variables):
+    address = _ip(value)
+    if address is None or address.version != 4:
+        return [_error(var, value, 'is not a valid stats listener address', ALLOWED_STATS_ADDRESS)]
+    return []
+
+
+def _stats_port_rule(var, value, variables):
+    """The Prometheus stats listener's port: a port, not the admin port, no listener's, not the Istio sidecar's."""
+    if variables.get('envoy_stats_enabled', True) is False:
+        return check_port(var, value)
+    errors = check_port(var, value)
+    if errors:
+        return errors
+    port = _as_int(value)
+    address = variables.get('envoy_stats_address', '0.0.0.0')
+    if _as_int(variables.get('envoy_admin_port', 9901)) == port:
+        return [_error(var, value, 'is the port of the admin interface (envoy_admin_port)', ALLOWED_STATS_PORT)]
+    listeners = variables.get('envoy_listeners')
+    for i, listener in enumerate(listeners if isinstance(listeners, list) else []):
+        if not isinstance(listener, Mapping) or _as_int(listener.get('port')) != port:
+            continue
+        l_address = listener.get('address', '0.0.0.0')
+        if l_address == address or '0.0.0.0' in (l_address, address):
+            return [_error(var, value, 'is the port of envoy_listeners[%d] (%s on %s)' % (i, listener.get('name'), l_address),
+                           ALLOWED_STATS_PORT)]
+    if (port == ISTIO_SIDECAR_STATS_PORT and variables.get('fleetmesh_istio_sidecar') is True
+            and variables.get('fleetmesh_envoy', True) is not False):
+        return [_error(var, value, "is the Istio sidecar's own Prometheus port, and this host runs the sidecar "
+                       '(fleetmesh_istio_sidecar: true)', 'another port, e.g. 15091, or envoy_stats_enabled: false')]
+    return []
+
+
 ENVOY_RULES = [
     Rule('envoy_instance', _simple(check_dns_label), False, ALLOWED_DNS_LABEL),
     Rule('envoy_base_id', _int_range_rule(0, 65535), False, 'integer 0-65535'),
@@ -680,6 +719,9 @@ ENVOY_RULES = [
     Rule('envoy_admin_allow_non_loopback', _simple(check_bool), False, ALLOWED_BOOL),
     Rule('envoy_admin_address', _admin_address_rule, False, ALLOWED_ADMIN_ADDRESS),
     Rule('envoy_admin_port', _simple(check_port), False, ALLOWED_PORT),
+    Rule('envoy_stats_enabled', _simple(check_bool), False, ALLOWED_BOOL),
+    Rule('envoy_stats_address', _stats_address_rule, False, ALLOWED_STATS_ADDRESS),
+    Rule('envoy_stats_port', _stats_port_rule, False, ALLOWED_STATS_PORT),
 ]
 
 WORKLOAD_CERTS_RULES = [
