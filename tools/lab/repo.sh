@@ -8,7 +8,10 @@
 #   tools/lab/repo.sh status   show fm-repo
 #   tools/lab/repo.sh url      print the URL
 #
-# URL/deb is a flat apt repository (deb [trusted=yes] URL/deb ./), URL/rpm a yum repository.
+# URL/deb is a flat apt repository (deb [signed-by=KEY] URL/deb ./ with a signed InRelease), URL/rpm a
+# yum repository (signed packages, repodata/repomd.xml.asc). KEY is the public key the envoy_repo role
+# published as <repo>/fleetmesh-envoy.asc; give its controller path to the envoy role as
+# envoy_package_signing_key (hosts never fetch the key from this server).
 # `tools/lab/lab.sh down` removes fm-repo with the VMs: its `podman network rm -f fleetmesh-lab`
 # removes every container on the lab network. fm-repo is labelled fleetmesh-lab-repo=1, NOT
 # fleetmesh-lab=1: `lab.sh up` removes every fleetmesh-lab container that is not one of its VMs.
@@ -63,7 +66,9 @@ up() {
       "$image" python3 -m http.server "$port" --bind 0.0.0.0 --directory /srv/repo >/dev/null
   fi
   wait_http
-  echo "repo: $name $state, serving $repo_dir at $url (apt: deb [trusted=yes] $url/deb ./  yum: baseurl=$url/rpm)"
+  local key="$repo_dir/fleetmesh-envoy.asc" signed="signed by $repo_dir/fleetmesh-envoy.asc (envoy_package_signing_key)"
+  [ -f "$key" ] || signed="UNSIGNED (hosts need envoy_package_allow_unsigned=true)"
+  echo "repo: $name $state, serving $repo_dir at $url (apt: $url/deb ./  yum: baseurl=$url/rpm), $signed"
   echo "$url"
 }
 
