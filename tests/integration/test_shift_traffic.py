@@ -97,7 +97,7 @@ def register(kube_api, ns: str, tmp_path: Path, vm_weight: int = 100, k8s_weight
 
 def spread(ingress, n: int = 60) -> Counter[str]:
     out: Counter[str] = Counter()
-    for _ in range(n):
+    for _attempt in range(n):
         status, body, _h = ingress.get("/", host=FQDN)
         out[body.split()[-1] if status == 200 and body.startswith("hello from") else f"HTTP {status}"] += 1
     return out
