@@ -46,6 +46,8 @@ COMMANDS=(
   "ip iproute2"
   "python3 python3-minimal"
   "shellcheck shellcheck"
+  "promtool prometheus"
+  "prometheus prometheus"
   "bash bash"
   "awk mawk"
   "find findutils"

@@ -255,7 +255,7 @@ def envoy_bootstrap(spec):
     if len(set(ports)) != len(ports):
         _fail('envoy_listeners', ports, 'distinct address:port pairs')
     stats_listener, stats_cluster = _stats(spec, admin_address, admin_port,
-                                           [(entry['name'], port) for entry, port in zip(listeners, ports)])
+                                           [(entry['name'], port) for entry, port in zip(listeners, ports, strict=True)])
     if stats_listener:
         listeners.append(stats_listener)
         clusters.append(stats_cluster)

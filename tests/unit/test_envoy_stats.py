@@ -59,7 +59,8 @@ def test_stats_listener_in_xds_mode():
 
 
 @pytest.mark.parametrize('stats, match', [
-    ({'enabled': True, 'address': '0.0.0.0', 'port': 10000}, r"envoy_stats_port: 10000 .*listener ingress is on 0.0.0.0:10000"),
+    ({'enabled': True, 'address': '0.0.0.0', 'port': 10000},
+     r'envoy_stats_port: 10000 .*listener ingress is on 0.0.0.0:10000'),
     ({'enabled': True, 'address': '127.0.0.1', 'port': 10000}, r'envoy_stats_port: 10000 .*listener ingress'),
     ({'enabled': True, 'address': '0.0.0.0', 'port': 9901}, r'envoy_stats_port: 9901 .*envoy_admin_port \(9901\)'),
     ({'enabled': True, 'address': '0.0.0.0', 'port': 0}, r'envoy_stats_port: 0 .*integer 1-65535'),
@@ -83,7 +84,8 @@ def test_reserved_names_refused():
     with pytest.raises(AnsibleFilterError, match='fleetmesh_admin_stats'):
         envoy_bootstrap(spec)
     spec = _spec()
-    spec['listeners'].append({'name': 'fleetmesh_stats', 'port': 10001, 'routes': [{'prefix': '/', 'cluster': 'local_app'}]})
+    spec['listeners'].append({'name': 'fleetmesh_stats', 'port': 10001,
+                              'routes': [{'prefix': '/', 'cluster': 'local_app'}]})
     with pytest.raises(AnsibleFilterError, match='fleetmesh_stats'):
         envoy_bootstrap(spec)
 
@@ -107,7 +109,8 @@ def test_role_checks_refuse(variables, message):
 
 
 @pytest.mark.parametrize('variables', [
-    {'envoy_stats_port': 15090, 'envoy_stats_address': '0.0.0.0', 'envoy_stats_enabled': True, 'envoy_listeners': LISTENERS},
+    {'envoy_stats_port': 15090, 'envoy_stats_address': '0.0.0.0', 'envoy_stats_enabled': True,
+     'envoy_listeners': LISTENERS},
     {'envoy_stats_port': 10000, 'envoy_stats_enabled': False, 'envoy_listeners': LISTENERS},
     {'envoy_stats_port': 15090, 'fleetmesh_istio_sidecar': True, 'fleetmesh_envoy': False},
     {'envoy_stats_port': 15091, 'fleetmesh_istio_sidecar': True},
