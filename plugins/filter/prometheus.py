@@ -24,8 +24,8 @@ def _fail(where, value, allowed):
 def prometheus_file_sd(hosts):
     """One file_sd target group per host: [{targets: [address:port], labels: {instance, service, ...}}]."""
     if not isinstance(hosts, list):
-        _fail('prometheus_file_sd', hosts, 'a list of dicts with host, address, port, service, namespace, '
-                                            'envoy_version and os_family')
+        _fail('prometheus_file_sd', hosts,
+              'a list of dicts with host, address, port, service, namespace, envoy_version and os_family')
     groups = []
     seen = {}
     for i, host in enumerate(hosts):
@@ -39,8 +39,8 @@ def prometheus_file_sd(hosts):
         except ValueError:
             ip = None
         if ip is None and not (isinstance(address, str) and _DNS_RE.match(address)):
-            _fail('host %s: address' % name, address, 'the IP address or DNS name Prometheus scrapes '
-                                                      '(fleetmesh_address, else ansible_host, else the hostname)')
+            _fail('host %s: address' % name, address,
+                  'the IP address or DNS name Prometheus scrapes (fleetmesh_address, else ansible_host, else the hostname)')
         try:
             port = int(host.get('port'))
         except (TypeError, ValueError):
