@@ -233,8 +233,11 @@ def test_check_and_diff_mode_change_nothing(lab, lab_ca_dir, tmp_path):
     assert run.changed("fm-deb-2") > 0 and run.changed("fm-el-1") == 0
     assert "(a new key, made in a real run)" in run.out and "missing: cert-chain.pem" in run.out
     assert_no_secrets(run.out)
-    ok(rotate(tmp_path, lab_ca_dir))
+    real = ok(rotate(tmp_path, lab_ca_dir))
     assert_files_ok("fm-deb-2", sans=host_sans("fm-deb-2"))
+    # The one signing task runs as fm-deb-1, whose certificate did not change: not changed (fm-deb-2's install is).
+    assert real.task_results(SIGN_TASK) == ["ok: [fm-deb-1]"], real.out[-4000:]
+    assert real.changed("fm-deb-2") > 0 and real.changed("fm-deb-1") == 0
 
 
 # ---------------------------------------------------------------------------------------------
