@@ -274,11 +274,11 @@ def records_from(obj):
                 continue
             record = dict(base, host=host, address=address, ports=default_ports)
             if kind == 'ServiceEntry':
+                # The ServiceEntry's port numbers are the service's (the app's, fleetmesh_ports); an entry's ports
+                # are where the VM answers (its Envoy listener, docs/data-path.md), so they are not the model's.
                 record.update(labels=dict(entry.get('labels') or {}), network=entry.get('network'),
                               locality=entry.get('locality'), weight=entry.get('weight'),
-                              service_account=entry.get('serviceAccount'), ready=True)
-                if entry.get('ports'):
-                    record['ports'] = _ports(entry['ports'])
+                              service_account=entry.get('serviceAccount'), ready=True, service_ports=True)
             else:
                 conditions = entry.get('conditions') or {}
                 record['ready'] = conditions.get('ready') is not False
@@ -310,6 +310,9 @@ def merge_records(records):
         for key, value in record.items():
             if key == 'objects':
                 current['objects'].extend(value)
+            elif key == 'ports' and record.get('service_ports') and not current.get('service_ports') and value:
+                # a WorkloadEntry holds the endpoint ports; the ServiceEntry the service's own
+                current['ports'], current['service_ports'] = value, True
             elif key == 'ready':
                 current['ready'] = bool(current.get('ready', True)) and bool(value)
             elif current.get(key) in (None, '', {}, []) and value not in (None, '', {}, []):

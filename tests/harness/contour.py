@@ -268,9 +268,11 @@ class Contour:
             ], capture_output=True, text=True, check=False, timeout=60)
             if proc.returncode != 0:
                 raise ContourError(f"contour bootstrap failed ({proc.returncode}): {proc.stderr}")
+            # The base id (hot-restart shared memory and domain socket) must differ between the Envoys alive at
+            # once (a session can hold several of these): the port it listens on is theirs alone.
             self._spawn("envoy", [
                 str(self.envoy_bin), "-c", str(bootstrap), "--service-cluster", NAMESPACE, "--service-node", "envoy",
-                "--log-level", "info", "--base-id", str(os.getpid() % 60000 + 1000), "--drain-time-s", "1",
+                "--log-level", "info", "--base-id", str(self.ports["envoy_http"]), "--drain-time-s", "1",
             ])
             kubeapi._wait("Contour's Envoy ready", lambda: self._check_alive("envoy") and self._http_ok(
                 self.ports["envoy_stats"], "/ready"), self.startup_timeout)
