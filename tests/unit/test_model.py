@@ -73,6 +73,7 @@ def test_collection_vars_refuse_control_characters_and_hide_secrets():
         'istio_sidecar_cluster_env_extra': {'A': 'ok', 'B': 'x\ny'},
         'envoy_admin_port': 9901,
         'unrelated': 'a\nb',
+        'istio_sidecar_proxy_metadata_extra': {'T': 'a tab\there cannot start a line'},
     })
     assert len(errors) == 3, errors
     assert any(e.startswith('host vm1: envoy_log_level: ') for e in errors)
@@ -89,6 +90,12 @@ def test_fleet_checks_duplicate_addresses_and_service_accounts():
     assert any('different service accounts (other, reviews)' in e for e in errors), errors
     three = model.resolve('vm3', dict(GOOD, fleetmesh_address='192.0.2.11'))[0]
     assert model.check_fleet([one, three]) == []
+
+
+def test_a_tab_is_refused_in_the_model_only():
+    assert model.resolve('vm1', dict(GOOD, fleetmesh_service='web\t'))[1]
+    assert model.check_collection_vars('vm1', {'fleetmesh_kubeconfig': 'a\tb'})
+    assert model.check_collection_vars('vm1', {'envoy_log_level': 'a\tb'}) == []
 
 
 def test_validate_model_refuses_control_characters_too():

@@ -178,7 +178,7 @@ def check_collection_vars(host: str, variables: Mapping) -> List[str]:
     errors: List[str] = []
     for var in sorted(k for k in variables if isinstance(k, str)):
         if var not in MODEL_VARS and var.startswith(COLLECTION_PREFIXES):
-            errors.extend(_on(host, v.check_no_control(var, variables[var])))
+            errors.extend(_on(host, v.check_no_control(var, variables[var], allow_tab=not var.startswith('fleetmesh_'))))
     return errors
 
 

@@ -130,19 +130,23 @@ ALLOWED_NO_CONTROL = 'text without newlines or other control characters'
 # Variables never shown in a message (their value is a secret).
 SECRET_VARS = ('istio_sidecar_token',)
 _CONTROL_RE = re.compile('[\\x00-\\x1f\\x7f\\x85\\u2028\\u2029]')
+# A tab cannot start a line: role variables may hold one (cluster.env quotes it); model values may not.
+_CONTROL_BUT_TAB_RE = re.compile('[\\x00-\\x08\\x0a-\\x1f\\x7f\\x85\\u2028\\u2029]')
 
 
 def _hidden(var: str, value: Any) -> Any:
     return '<hidden>' if var.startswith(SECRET_VARS) else value
 
 
-def check_no_control(var: str, value: Any) -> List[str]:
-    """Refuse a control character anywhere in a value (strings, keys and items of mappings and lists)."""
+def check_no_control(var: str, value: Any, allow_tab: bool = False) -> List[str]:
+    """Refuse a control character anywhere in a value (strings, keys and items of mappings and lists): a newline
+    would add a line to the file the value ends up in. ``allow_tab`` lets a tab through (it cannot start a line)."""
     errors: List[str] = []
+    pattern = _CONTROL_BUT_TAB_RE if allow_tab else _CONTROL_RE
 
     def walk(path: str, item: Any) -> None:
         if isinstance(item, str):
-            if _CONTROL_RE.search(item):
+            if pattern.search(item):
                 errors.append(_error(path, _hidden(var, item), 'holds a newline or another control character',
                                      ALLOWED_NO_CONTROL))
         elif isinstance(item, Mapping):
@@ -942,7 +946,8 @@ def validate_model(variables: Mapping, checks: Iterable[str]) -> List[str]:
                 if rule.required:
                     errors.append(f'{rule.var}: is not set; allowed: {rule.allowed}')
                 continue
-            errors.extend(check_no_control(rule.var, value) or rule.check(rule.var, value, variables))
+            errors.extend(check_no_control(rule.var, value, allow_tab=not rule.var.startswith('fleetmesh_'))
+                          or rule.check(rule.var, value, variables))
     return errors
 
 
