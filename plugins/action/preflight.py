@@ -90,6 +90,7 @@ class ActionModule(ActionBase):
                 'runbook': {'type': 'str', 'required': True},
                 'checks': {'type': 'list', 'elements': 'str', 'default': []},
                 'hosts': {'type': 'list', 'elements': 'str'},
+                'model_required': {'type': 'bool', 'default': True},
             },
         )
         hosts = args['hosts'] if args['hosts'] is not None else task_vars.get('ansible_play_hosts_all', [])
@@ -104,7 +105,8 @@ class ActionModule(ActionBase):
         for host in sorted(hosts):
             hostvars = all_hostvars[host]
             gated = args['runbook'] == 'onboard'
-            host_errors, workload = self._check_host(host, hostvars, args['checks'], defaults, gated)
+            host_errors, workload = self._check_host(host, hostvars, args['checks'], defaults, gated,
+                                                     args['model_required'])
             errors.extend(host_errors)
             if workload is not None:
                 workloads[host] = workload
@@ -125,7 +127,7 @@ class ActionModule(ActionBase):
         return result
 
     @staticmethod
-    def _check_host(host, hostvars, checks, defaults, gated):
+    def _check_host(host, hostvars, checks, defaults, gated, model_required):
         errors = []
         values = {}  # every collection variable set for the host, templated
         later = set()
@@ -141,14 +143,15 @@ class ActionModule(ActionBase):
         errors.extend(model.check_collection_vars(host, values))
         if errors or later & (set(model.MODEL_VARS) - {'fleetmesh_address'}):
             return errors, None
-        workload, found = model.resolve(host, dict((k, values[k]) for k in model.MODEL_VARS if k in values))
+        workload, found = model.resolve(host, dict((k, values[k]) for k in model.MODEL_VARS if k in values),
+                                        required=model_required)
         errors.extend(found)
-        if workload is None:
+        if found:
             return errors, None
         for check in checks:
             role = ROLE_CHECKS.get(check)
-            if role is None:
-                continue
+            if role is None or (workload is None and check != 'istio_sidecar_absent'):
+                continue  # without the whole model (model_required=false) only what needs none is checked
             if gated and not _flag(hostvars, *ONBOARD_FLAGS.get(check, ('', True))):
                 continue
             variables = dict(defaults.get(role, {}))

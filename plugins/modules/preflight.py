@@ -51,6 +51,12 @@ options:
       - The hosts to check. Default is every host of the play, C(ansible_play_hosts_all).
     type: list
     elements: str
+  model_required:
+    description:
+      - Whether every host must carry the whole model. Runbooks that only remove (offboarding, deregistration,
+        decommission) and read-only reports set V(false); values that are set are still checked.
+    type: bool
+    default: true
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.conn

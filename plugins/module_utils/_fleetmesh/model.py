@@ -141,22 +141,26 @@ def _on(host: str, errors: List[str]) -> List[str]:
     return ['host %s: %s' % (host, error) for error in errors]
 
 
-def resolve(host: str, variables: Mapping) -> Tuple[Optional[Workload], List[str]]:
+def resolve(host: str, variables: Mapping, required: bool = True) -> Tuple[Optional[Workload], List[str]]:
     """Check a host's ``fleetmesh_*`` variables and return (Workload, []) or (None, errors).
 
-    Messages name the variable and the host: ``fleetmesh_ports on host vm1: ...``.
+    Messages name the host and the variable: ``host vm1: fleetmesh_ports.http: ...``. With ``required=False``
+    (runbooks that only remove, such as offboarding) a variable that is not set is no error, a bad one still is,
+    and a host without the whole model gives (None, []).
     """
     errors: List[str] = []
     values: Dict[str, Any] = {}
-    for var, check, required in _RULES:
+    missing = False
+    for var, check, needed in _RULES:
         value = variables.get(var)
         if value is None or (value == '' and var != 'fleetmesh_network'):
-            if required:
+            missing = missing or needed
+            if needed and required:
                 errors.extend(_on(host, ['%s: is not set; allowed: %s' % (var, _ALLOWED[var])]))
             continue
         errors.extend(_on(host, v.check_no_control(var, value) or check(var, value)))
         values[var] = value
-    if errors:
+    if errors or missing:
         return None, errors
     ports = OrderedDict(sorted(((str(name), int(str(port).strip())) for name, port in values['fleetmesh_ports'].items()),
                                key=lambda item: (item[1], item[0])))
