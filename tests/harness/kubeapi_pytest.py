@@ -6,6 +6,7 @@ it are skipped with the reason, or fail when ``CI=true`` (CI must build them: ``
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -16,7 +17,7 @@ try:  # imported as tests.harness.kubeapi_pytest
 except ImportError:  # tests/harness itself is on sys.path
     import kubeapi
 
-__all__ = ["kube_api", "require_kube_binaries"]
+__all__ = ["kube_api", "own_kube_api", "require_kube_binaries"]
 
 
 def require_kube_binaries() -> None:
@@ -28,6 +29,20 @@ def require_kube_binaries() -> None:
     if os.environ.get("CI", "").strip().lower() == "true":
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+@contextlib.contextmanager
+def own_kube_api(tmp_path_factory: pytest.TempPathFactory, *namespaces: str) -> Iterator[kubeapi.KubeAPI]:
+    """A kube-apiserver + etcd of the calling test module's own (its registrations do not mix with other modules'),
+    with ``namespaces`` created; stopped on exit."""
+    require_kube_binaries()
+    api = kubeapi.KubeAPI(tmp_path_factory.mktemp("kube"))
+    api.start()
+    try:
+        api.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in namespaces])
+        yield api
+    finally:
+        api.stop()
 
 
 @pytest.fixture(scope="session")

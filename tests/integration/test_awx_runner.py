@@ -260,17 +260,25 @@ def test_value_outside_an_argument_spec_fails_before_any_host_changes(pdd, ca_di
     with pytest.raises(ValueError, match="Value dsa for 'workload_certs_key_type' expected to be one of"):
         launch_extra_vars("onboard", answers)
     # Values that reach a job another way (API launch with ask_variables_on_launch, job template or workflow
-    # extra vars) have the same shape; the role's argument spec stops them before anything changes.
+    # extra vars) have the same shape; the runbook's first task (fleetmesh.envoy.preflight, run once over every
+    # host of the job) stops them before anything changes, and no host goes on.
     extra = launch_extra_vars("onboard", onboard_answers(ca_dir))
     extra["workload_certs_key_type"] = "dsa"
     run = pdd.run("onboard", extra, "onboard-bad-value")
     assert run["rc"] != 0 and run["status"] == "failed"
-    assert "value of workload_certs_key_type must be one of: ec, rsa, got: dsa" in run["stdout"], run["stdout"][-6000:]
+    said = " ".join(run["stdout"].split())
+    for host in LAB_HOSTS:
+        assert f'host {host}: workload_certs_key_type: "dsa"' in said and "ec, rsa" in said, run["stdout"][-6000:]
+    assert "nothing was changed on any host or in the cluster" in said, run["stdout"][-6000:]
     stats = recap(run["events"])
-    assert set(stats["failures"]) == set(LAB_HOSTS), stats
+    assert stats["failures"] and set(stats["failures"]) <= set(LAB_HOSTS), stats
     assert not stats["changed"] and changed_tasks(run["events"]) == [], changed_tasks(run["events"])
     failed = {e["event_data"].get("task") for e in run["events"] if e.get("event") == "runner_on_failed"}
-    assert len(failed) == 1 and "argument" in failed.pop().lower()
+    assert len(failed) == 1 and "model" in failed.pop().lower()
+    went_on = {e["event_data"].get("host") for e in run["events"]
+               if e.get("event") in ("runner_on_ok", "runner_on_changed", "runner_on_skipped")
+               and e["event_data"].get("host") in LAB_HOSTS}
+    assert not went_on, f"hosts ran tasks after the failed check: {went_on}"
 
 
 def test_private_data_dir_is_awx_shaped(pdd):

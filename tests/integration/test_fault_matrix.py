@@ -25,7 +25,7 @@ from pathlib import Path
 
 import kubeapi  # tests/harness is put on sys.path by conftest.py
 import pytest
-from kubeapi_pytest import require_kube_binaries
+from kubeapi_pytest import own_kube_api
 
 from tests.integration.labutil import RECAP, ROOT, Run, Traffic, env, extra, lab_up, playbook
 
@@ -103,22 +103,18 @@ class Trigger:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    require_kube_binaries()
-    api = kubeapi.KubeAPI(tmp_path_factory.mktemp("kube"))
-    api.start()
-    try:
-        api.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])
-        lab_up(5)
-        run = playbook("lab_app.yml")
-        assert run.rc == 0, run.out[-3000:]
-        registration = {"fleetmesh_kubeconfig": str(api.registrar_kubeconfig),
-                        "mesh_registration_shapes": ["endpointslice"]}
-        yield api, registration
-    finally:
-        api.stop()
-        # leave the lab as the other tests expect it: 3 VMs on the default version
-        lab_up(3)
-        playbook("envoy.yml")
+    with own_kube_api(tmp_path_factory, NS) as api:
+        try:
+            lab_up(5)
+            run = playbook("lab_app.yml")
+            assert run.rc == 0, run.out[-3000:]
+            registration = {"fleetmesh_kubeconfig": str(api.registrar_kubeconfig),
+                            "mesh_registration_shapes": ["endpointslice"]}
+            yield api, registration
+        finally:
+            # leave the lab as the other tests expect it: 3 VMs on the default version
+            lab_up(3)
+            playbook("envoy.yml")
 
 
 def reset(api, registration):

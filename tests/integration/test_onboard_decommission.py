@@ -16,7 +16,7 @@ from pathlib import Path
 
 import kubeapi  # tests/harness is put on sys.path by conftest.py
 import pytest
-from kubeapi_pytest import require_kube_binaries
+from kubeapi_pytest import own_kube_api
 
 from tests.integration.labutil import LAB_HOSTS, extra, get, lab_up, on_hosts, playbook
 
@@ -27,14 +27,8 @@ VICTIM = "fm-deb-2"
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    require_kube_binaries()
-    server = kubeapi.KubeAPI(tmp_path_factory.mktemp("kube"))
-    server.start()
-    try:
-        server.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])
+    with own_kube_api(tmp_path_factory, NS) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
