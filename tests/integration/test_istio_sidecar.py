@@ -100,6 +100,10 @@ def lab(kube_api, tmp_path_factory):
     sums = dict(reversed(line.split()) for line in (pkg_dir / "SHA256SUMS").read_text().splitlines())
     server = http.server.ThreadingHTTPServer((GATEWAY, 0), functools.partial(_Quiet, directory=str(pkg_dir)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    # The sidecar's Envoy serves its stats on 15090, as the collection's Envoy does by default: a VM that runs both
+    # moves the collection's stats listener (the envoy role refuses 15090 next to the sidecar and suggests 15091).
+    run = playbook("envoy.yml", "--limit", LIMIT, *extra(envoy_stats_port=15091))
+    assert run.rc == 0, run.out[-3000:]
     tmp = tmp_path_factory.mktemp("sidecar")
     certs = _certs(tmp)
     push = tmp / "push-certs.yml"
@@ -125,10 +129,6 @@ def lab(kube_api, tmp_path_factory):
         "istio_sidecar_ready_timeout": 10,
     }
     on_hosts(f"if [ -e /etc/certs ] && [ ! -e {SAVED_CERTS} ]; then mv /etc/certs {SAVED_CERTS}; fi; true", LIMIT)
-    # The sidecar's Envoy serves its stats on 15090, as the collection's Envoy does by default: a VM that runs both
-    # moves the collection's stats listener (the envoy role refuses 15090 next to the sidecar and suggests 15091).
-    run = playbook("envoy.yml", "--limit", LIMIT, *extra(envoy_stats_port=15091))
-    assert run.rc == 0, run.out[-3000:]
     before = on_hosts(TRACES, LIMIT)
     yield {"vars": variables, "before": before}
     playbook("sidecar_offboard.yml", "-e", "target=web", "--limit", LIMIT)
