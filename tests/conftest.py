@@ -2,10 +2,15 @@
 
 * No silent skips in CI: with CI=true a skipped test is reported as a failure.
 * `need(tool)` fails with a message naming the missing tool and how to get it.
+* One lab per machine: the lab network, its VM names and the molecule containers are machine-wide, so the first
+  integration or molecule test of a session takes an exclusive lock (LAB_LOCK) and holds it until the session ends;
+  a second pytest (another checkout, another terminal) waits, saying for what, instead of replacing the lab under
+  the first one. Processes started while the lock is held inherit FLEETMESH_LAB_LOCKED and do not take it again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sys
@@ -16,6 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 COLLECTIONS = ROOT / ".build" / "collections"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+LAB_LOCK = Path(os.environ.get("FLEETMESH_LAB_LOCK", "/var/tmp/fleetmesh-lab.lock"))
+_LAB_DIRS = (ROOT / "tests" / "integration", ROOT / "tests" / "molecule")
+_lab_lock_fd: list[int] = []
 
 if str(COLLECTIONS) not in sys.path:
     sys.path.insert(0, str(COLLECTIONS))
@@ -39,3 +47,23 @@ def pytest_runtest_makereport(item, call):
     if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, which is not allowed: {report.longrepr}"
+
+
+def _take_lab_lock() -> None:
+    if _lab_lock_fd or os.environ.get("FLEETMESH_LAB_LOCKED"):
+        return
+    fd = os.open(LAB_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.stderr.write(f"\nwaiting for the lab lock {LAB_LOCK} (another test run uses the lab) ...\n")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    _lab_lock_fd.append(fd)
+    os.environ["FLEETMESH_LAB_LOCKED"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _lab_lock(request):
+    """Integration and molecule tests run with the machine's lab lock held (see the module docstring)."""
+    if any(Path(str(request.node.path)).is_relative_to(d) for d in _LAB_DIRS):
+        _take_lab_lock()

@@ -218,7 +218,7 @@ def test_fault_row(lab, row, tmp_path):
             assert failure["host"] == CANARY and failure["step"] == "health-gate", failure
             assert failure["rolled_back_to"] == OLD
             assert f"Upgrade of {CANARY} to {NEW} failed at step 'health-gate'" in run.out
-            assert f"rolled back to {OLD}" in run.out
+            assert f"rolled back to {OLD}" in run.out, (failure, f"see {log}")
             assert {r["host"]: r["result"] for r in data["hosts"]}[CANARY] == "rolled back"
             assert {r["host"]: r["registered_ready"] for r in data["hosts"]}[CANARY] is True
         elif row == "vm_stopped":

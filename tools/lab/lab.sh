@@ -11,9 +11,17 @@
 # checkout's path; fleetmesh-lab-root: the path). `up` replaces a VM of the same name that another checkout
 # made (a CI clone's VMs hold that clone's SSH key) or that runs another image; it keeps its own.
 #
+# One lab per machine: `up` and `down` wait for the lock FLEETMESH_LAB_LOCK (default /var/tmp/fleetmesh-lab.lock),
+# which the test suite holds while it runs (tests/conftest.py); under a holder (FLEETMESH_LAB_LOCKED set) they
+# run at once.
+#
 # Two thirds of the VMs (rounded up) are Debian, the rest EL. VM addresses are fixed on the
 # dedicated network fleetmesh-lab (10.213.77.0/24): Debian from .11, EL from .51.
 set -euo pipefail
+if [ -z "${FLEETMESH_LAB_LOCKED:-}" ] && [ "${1:-}" != status ]; then
+  export FLEETMESH_LAB_LOCKED=1
+  exec flock "${FLEETMESH_LAB_LOCK:-/var/tmp/fleetmesh-lab.lock}" "$0" "$@"
+fi
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
