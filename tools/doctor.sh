@@ -48,6 +48,7 @@ COMMANDS=(
   "shellcheck shellcheck"
   "promtool prometheus"
   "prometheus prometheus"
+  "chromium-headless-shell chromium-headless-shell"  # tests/unit/test_report.py opens the fleet report page
   "bash bash"
   "awk mawk"
   "find findutils"
