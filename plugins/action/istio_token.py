@@ -17,27 +17,24 @@ __metaclass__ = type
 import time
 from collections.abc import Mapping
 
-from ansible.plugins.action import ActionBase
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import istio
 from ansible_collections.fleetmesh.envoy.plugins.modules.istio_token import argument_spec
+from ansible_collections.fleetmesh.envoy.plugins.plugin_utils.action import ControllerAction
 
 MODULE = 'fleetmesh.envoy.istio_token'
 HOST_OPTIONS = ('path', 'namespace', 'service_account', 'audience', 'refresh_before', 'owner', 'group', 'mode',
                 'tokens_var')
 
 
-class ActionModule(ActionBase):
+class ActionModule(ControllerAction):
     """Request istio-tokens on the controller; inspect, write and remove them on the host."""
 
-    TRANSFERS_FILES = False
-    _supports_check_mode = True
+    _requires_connection = True  # the states other than request run the module on the host
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp  # unused
-        task_vars = task_vars or {}
-        validation, args = self.validate_argument_spec(argument_spec=argument_spec())
-        del validation  # failures raise
+    def argument_spec(self):
+        return argument_spec()
+
+    def act(self, result, args, task_vars):
         if args['state'] == 'request':
             result.update(self._request(args, task_vars))
             return result

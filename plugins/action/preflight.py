@@ -21,10 +21,10 @@ from collections.abc import Mapping
 
 import yaml
 from ansible.errors import AnsibleUndefinedVariable
-from ansible.plugins.action import ActionBase
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import model
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import registration
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.validation import validate_model
+from ansible_collections.fleetmesh.envoy.plugins.plugin_utils.action import ControllerAction, errors_result
 
 # Role check groups a runbook may ask for, and the role whose defaults fill what the user did not set.
 ROLE_CHECKS = {
@@ -74,25 +74,17 @@ def _flag(hostvars, var, default):
     return value if isinstance(value, bool) else str(value).lower() in ('1', 'true', 'yes', 'on')
 
 
-class ActionModule(ActionBase):
+class ActionModule(ControllerAction):
     """Resolve and check the model of every targeted host; never connects to a host."""
 
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
+    ARGUMENT_SPEC = {
+        'runbook': {'type': 'str', 'required': True},
+        'checks': {'type': 'list', 'elements': 'str', 'default': []},
+        'hosts': {'type': 'list', 'elements': 'str'},
+        'model_required': {'type': 'bool', 'default': True},
+    }
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp  # unused
-        task_vars = task_vars or {}
-        _validation, args = self.validate_argument_spec(
-            argument_spec={
-                'runbook': {'type': 'str', 'required': True},
-                'checks': {'type': 'list', 'elements': 'str', 'default': []},
-                'hosts': {'type': 'list', 'elements': 'str'},
-                'model_required': {'type': 'bool', 'default': True},
-            },
-        )
+    def act(self, result, args, task_vars):
         hosts = args['hosts'] if args['hosts'] is not None else task_vars.get('ansible_play_hosts_all', [])
         all_hostvars = task_vars.get('hostvars', {})
         errors = []
@@ -114,17 +106,13 @@ class ActionModule(ActionBase):
         errors.extend(model.check_fleet(workloads.values()))
         if not errors and 'mesh_registration' in args['checks'] and endpoints:
             errors.extend(self._registration_errors(endpoints, all_hostvars[sorted(workloads)[0]], defaults))
-        result.update(changed=False, runbook=args['runbook'], hosts=sorted(hosts), errors=errors,
+        result.update(runbook=args['runbook'], hosts=sorted(hosts),
                       workloads={host: w.as_dict() for host, w in workloads.items()})
-        if errors:
-            result['failed'] = True
-            count = '%d problem%s' % (len(errors), 's' if len(errors) > 1 else '')
-            result['msg'] = ('%s in the inventory model of %s (checked before any change: nothing was changed on '
-                             'any host or in the cluster):\n%s' % (count, args['runbook'], '\n'.join(errors)))
-        else:
-            result['msg'] = 'fleetmesh.envoy.preflight: the model of %d host(s) is valid for %s' % (
-                len(hosts), args['runbook'])
-        return result
+        return errors_result(result, errors,
+                             '{count} in the inventory model of %s (checked before any change: nothing was changed '
+                             'on any host or in the cluster):' % args['runbook'],
+                             'fleetmesh.envoy.preflight: the model of %d host(s) is valid for %s' % (
+                                 len(hosts), args['runbook']))
 
     @staticmethod
     def _check_host(host, hostvars, checks, defaults, gated, model_required):

@@ -8,33 +8,20 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible.plugins.action import ActionBase
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.validation import validate_model
+from ansible_collections.fleetmesh.envoy.plugins.plugin_utils.action import ControllerAction, errors_result
 
 
-class ActionModule(ActionBase):
+class ActionModule(ControllerAction):
     """Validate variables with validation.validate_model; never connects to the host."""
 
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
+    ARGUMENT_SPEC = {
+        'checks': {'type': 'list', 'elements': 'str', 'required': True},
+        'vars': {'type': 'dict', 'required': True},
+    }
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp  # unused
-
-        _validation, args = self.validate_argument_spec(
-            argument_spec={
-                'checks': {'type': 'list', 'elements': 'str', 'required': True},
-                'vars': {'type': 'dict', 'required': True},
-            },
-        )
-        errors = validate_model(args['vars'], args['checks'])
-        result.update(changed=False, checks=args['checks'], errors=errors)
-        if errors:
-            result['failed'] = True
-            count = f'{len(errors)} problem' + ('s' if len(errors) > 1 else '')
-            result['msg'] = f'{count} found by fleetmesh.envoy.validate:\n' + '\n'.join(errors)
-        else:
-            result['msg'] = f"fleetmesh.envoy.validate: no problems found by {', '.join(args['checks'])}"
-        return result
+    def act(self, result, args, task_vars):
+        result['checks'] = args['checks']
+        return errors_result(result, validate_model(args['vars'], args['checks']),
+                             '{count} found by fleetmesh.envoy.validate:',
+                             'fleetmesh.envoy.validate: no problems found by %s' % ', '.join(args['checks']))

@@ -17,7 +17,6 @@ import base64
 import os
 
 from ansible.errors import AnsibleError
-from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import ca as ca_lib, model, pki
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.duration import parse_duration
@@ -26,6 +25,7 @@ from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.validat
     WORKLOAD_CERTS_SOURCES,
     workload_allowed_sans,
 )
+from ansible_collections.fleetmesh.envoy.plugins.plugin_utils.action import ControllerAction
 
 display = Display()
 
@@ -103,18 +103,12 @@ class KubeSecrets:
             pass
 
 
-class ActionModule(ActionBase):
+class ActionModule(ControllerAction):
     """Sign (or, with operation=inspect, only load and check the CA) on the controller; never connects to hosts."""
 
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
+    ARGUMENT_SPEC = ARGUMENT_SPEC
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp  # unused
-        task_vars = task_vars or {}
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    def act(self, result, args, task_vars):
         check_mode = bool(self._task.check_mode)
         kube = None
         try:

@@ -29,14 +29,10 @@ options:
     type: path
     default: /etc/certs/root-cert.pem
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
+  - fleetmesh.envoy.attributes
 attributes:
-  check_mode:
-    support: full
   diff_mode:
     support: N/A
-  platform:
-    platforms: posix
 seealso:
   - module: fleetmesh.envoy.workload_csr
 """

@@ -57,17 +57,14 @@ options:
     default: 0
 extends_documentation_fragment:
   - fleetmesh.envoy.envoy_admin
-  - ansible.builtin.action_common_attributes
+  - fleetmesh.envoy.attributes
 attributes:
   check_mode:
-    support: full
     details: Reading actions run; V(healthcheck_fail), V(healthcheck_ok) and V(drain_listeners) only report whether they would change the state.
   diff_mode:
     support: none
-  platform:
-    platforms: posix
 seealso:
-  - module: fleetmesh.envoy.envoy_config
+  - module: fleetmesh.envoy.envoy_instance
   - name: Envoy administration interface
     description: The admin API endpoints this module calls.
     link: https://www.envoyproxy.io/docs/envoy/latest/operations/admin

@@ -53,15 +53,10 @@ options:
     type: bool
     default: false
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
+  - fleetmesh.envoy.attributes
 attributes:
-  check_mode:
-    support: full
   diff_mode:
-    support: full
     details: The diff shows the active version before and after.
-  platform:
-    platforms: posix
 """
 
 EXAMPLES = r"""

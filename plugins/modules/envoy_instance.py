@@ -14,9 +14,9 @@ description:
   - Converges, in one module call (one SSH round trip), the system user and group, the hot-restart wrapper,
     the systemd template unit, the instance directory and environment file, and the bootstrap configuration
     of one named Envoy instance.
-  - The bootstrap is written only after C(envoy --mode validate) with O(envoy_binary) accepted it (see
-    M(fleetmesh.envoy.envoy_config)); when Envoy rejects it the task fails with Envoy's message and no file of
-    the instance is changed.
+  - The bootstrap is written only after C(envoy --mode validate) with O(envoy_binary) accepted it, in a temporary
+    file beside it that is then moved over it; when Envoy rejects it the task fails with Envoy's message and no
+    file of the instance is changed.
   - It does not start or reload the service; RV(unit_changed) and RV(restart_needed) tell the caller what to do.
 author:
   - fleetmesh maintainers (@fleetmesh)
@@ -107,15 +107,10 @@ options:
     type: str
     default: ""
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
+  - fleetmesh.envoy.attributes
 attributes:
   check_mode:
-    support: full
     details: The bootstrap is still validated, in a temporary file, so check mode catches a config Envoy rejects.
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
 """
 
 EXAMPLES = r"""
@@ -188,7 +183,7 @@ import grp
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.sysuser import ensure_system_user
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.sysuser import ensure_system_user, exists
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.envoy_install import (
     activate,
     active_version,
@@ -198,10 +193,9 @@ from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.envoy_i
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.envoy import (
     EnvoyValidateError,
     atomic_write_validated,
-    attributes_differ,
-    set_attributes,
     validate_content,
 )
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.files import attributes_differ, set_attributes
 
 REJECTED = 'Envoy rejected the configuration: '
 
@@ -212,14 +206,6 @@ def _read(path):
             return handle.read()
     except (IOError, OSError):
         return None
-
-
-def _exists(lookup, name):
-    try:
-        lookup(name)
-        return True
-    except KeyError:
-        return False
 
 
 class Instance(object):
@@ -234,14 +220,9 @@ class Instance(object):
         p = self.p
         return bool(p['manage_user']) and ensure_system_user(self.module, p['user'], p['group'], p['shell'])
 
-    def run(self, cmd):
-        rc, out, err = self.module.run_command(cmd)
-        if rc != 0:
-            self.module.fail_json(msg='%s failed: %s' % (' '.join(cmd), (err or out).strip()))
-
     def want_group(self):
         # In check mode a group that would be created does not exist yet: compare with root.
-        return self.p['group'] if _exists(grp.getgrnam, self.p['group']) else None
+        return self.p['group'] if exists(grp.getgrnam, self.p['group']) else None
 
     def plain_file(self, path, content, mode, group='root'):
         """Write a text file atomically when its content, owner or mode differ."""
@@ -256,7 +237,7 @@ class Instance(object):
             directory = os.path.dirname(path)
             if not os.path.isdir(directory):
                 os.makedirs(directory, 0o755)
-            ok, text = atomic_write_validated(path, data, None, 'root', group, mode)
+            ok, text = atomic_write_validated(path, data, None, 'root', group, mode, module=self.module)
             if not ok:
                 self.module.fail_json(msg='cannot write %s: %s' % (path, text))
         return True
@@ -295,7 +276,8 @@ class Instance(object):
             if self.module.check_mode or not os.path.isdir(self.p['conf_dir']):
                 ok, text = validate_content(binary, data, path, directory='/tmp')
             else:
-                ok, text = atomic_write_validated(path, data, None if self.prevalidated else binary, 'root', group, 0o640)
+                ok, text = atomic_write_validated(path, data, None if self.prevalidated else binary, 'root', group, 0o640,
+                                                  module=self.module)
         except (EnvoyValidateError, ValueError) as err:
             self.module.fail_json(msg=str(err))
         if not ok:

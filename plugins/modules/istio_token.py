@@ -207,11 +207,11 @@ tokens:
 
 import copy
 import os
-import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import istio
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.files import atomic_write
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.k8s import AUTH_ARGUMENT_SPEC
 
 
@@ -280,29 +280,8 @@ def present(module, now):
                           'before': '<%s>\n' % before, 'after': '<token expiring at %s>\n' % facts['expires_at']}
     if module.check_mode or not result['changed']:
         return result
-    directory = os.path.dirname(params['path'])
     if content_changed:
-        fd, tmp = tempfile.mkstemp(prefix='.istio-token.', dir=directory)
-        try:
-            os.fchmod(fd, mode)
-            os.fchown(fd, uid, gid)
-            os.write(fd, data)
-            os.fsync(fd)
-            os.close(fd)
-            os.replace(tmp, params['path'])
-        except BaseException:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(params['path'], data, uid, gid, mode, module=module)
     else:
         os.chown(params['path'], uid, gid)
         os.chmod(params['path'], mode)

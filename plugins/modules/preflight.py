@@ -12,7 +12,6 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 module: preflight
 short_description: Check the whole inventory model of every targeted host before a runbook changes anything
-version_added: 0.2.0
 description:
   - The first task of every runbook of the collection. Runs once, on the controller, over every host of the play
     (all serial batches), and fails with every error found at once, before any host or the cluster changes.
@@ -29,6 +28,7 @@ description:
   - "Each error names the variable the user wrote and the host, shows the value and says what is allowed, for
     example C(fleetmesh_ports on host vm1.http: 70000 is not a valid port; allowed: integer 1-65535)."
   - See C(docs/model.md) in the collection.
+version_added: 0.2.0
 author:
   - fleetmesh maintainers (@fleetmesh)
 options:
@@ -58,30 +58,10 @@ options:
     type: bool
     default: true
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.conn
-  - ansible.builtin.action_common_attributes.flow
+  - fleetmesh.envoy.attributes.controller
 attributes:
-  action:
-    support: full
-  async:
-    support: none
-  become:
-    support: none
   bypass_host_loop:
-    support: none
     details: Use it with C(run_once=true); it checks every host of the play.
-  check_mode:
-    support: full
-  connection:
-    support: none
-  delegation:
-    support: none
-    details: Runs on the controller in any case.
-  diff_mode:
-    support: none
-  platform:
-    platforms: all
 seealso:
   - module: fleetmesh.envoy.validate
 """

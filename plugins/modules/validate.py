@@ -50,29 +50,7 @@ options:
     type: dict
     required: true
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.conn
-  - ansible.builtin.action_common_attributes.flow
-attributes:
-  action:
-    support: full
-  async:
-    support: none
-  become:
-    support: none
-  bypass_host_loop:
-    support: none
-  check_mode:
-    support: full
-  connection:
-    support: none
-  delegation:
-    support: none
-    details: Runs on the controller in any case.
-  diff_mode:
-    support: none
-  platform:
-    platforms: all
+  - fleetmesh.envoy.attributes.controller
 seealso:
   - module: ansible.builtin.assert
 """
@@ -98,21 +76,21 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-msg:
-  description: Every error, one a line, or a summary of what was checked.
-  returned: always
-  type: str
-  sample: "fleetmesh_ports.http: 70000 is not a valid port; allowed: integer 1-65535"
-errors:
-  description: The errors found, one a list item.
-  returned: always
-  type: list
-  elements: str
-  sample: ["fleetmesh_ports.http: 70000 is not a valid port; allowed: integer 1-65535"]
 checks:
   description: The groups of checks run.
   returned: always
   type: list
   elements: str
   sample: [fleetmesh_model, envoy]
+errors:
+  description: The errors found, one a list item.
+  sample: ["fleetmesh_ports.http: 70000 is not a valid port; allowed: integer 1-65535"]
+  returned: always
+  type: list
+  elements: str
+msg:
+  description: Every error, one a line, or a summary of what was checked.
+  returned: always
+  type: str
+  sample: "fleetmesh_ports.http: 70000 is not a valid port; allowed: integer 1-65535"
 """

@@ -123,14 +123,7 @@ notes:
     rest of the play can show what it would do.
   - The diff shows key fingerprints, key types, serials, SANs and dates, never key material.
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
+  - fleetmesh.envoy.attributes
 seealso:
   - module: fleetmesh.envoy.workload_sign
   - module: fleetmesh.envoy.cert_info
@@ -248,6 +241,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.sysuser import ensure_system_user
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import pki
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.duration import parse_duration
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.files import atomic_write
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.validation import (
     ALLOWED_DURATION,
     check_san_list,
@@ -321,25 +315,13 @@ def _owner_can_enter(directory, uid, owner):
     return bool(st.st_mode & 0o001)
 
 
-def _new_key(module, backend, directory, key_path, uid, gid):
-    """Generate the key into a new 0600 file owned by the service user, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix='.key.pem.', dir=directory)
-    os.close(fd)
-    try:
-        os.chmod(tmp, KEY_MODE)
-        if uid is not None:
-            os.chown(tmp, uid, -1 if gid is None else gid)
+def _new_key(module, backend, key_path, uid, gid):
+    """Generate the key into a new 0600 file owned by the service user, then move it into place."""
+    def generate(tmp):
         backend.generate(tmp, module.params['key_type'], module.params['key_size'])
-        os.chmod(tmp, KEY_MODE)
-        os.rename(tmp, key_path)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(key_path, None, -1 if uid is None else uid, -1 if gid is None else gid, KEY_MODE, module=module,
+                 writer=generate)
 
 
 def _write_public(module, path, text, uid, gid, mode=CERT_MODE):
@@ -359,19 +341,7 @@ def _write_public(module, path, text, uid, gid, mode=CERT_MODE):
         os.chown(path, uid if uid is not None else -1, gid if gid is not None else -1)
         os.chmod(path, mode)
         return True
-    fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path), dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        if uid is not None:
-            os.chown(tmp, uid, -1 if gid is None else gid)
-        os.rename(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, data, -1 if uid is None else uid, -1 if gid is None else gid, mode, module=module)
     return True
 
 
@@ -564,7 +534,7 @@ def main():
                 os.chmod(csr_key_path, KEY_MODE)
                 backend.generate(csr_key_path, params['key_type'], params['key_size'])
             else:
-                _new_key(module, backend, directory, key_path, uid, gid)
+                _new_key(module, backend, key_path, uid, gid)
             key_spki = backend.public_spki(csr_key_path)
         organization = params['spiffe_id'][len('spiffe://'):].split('/', 1)[0]
         csr = backend.csr(csr_key_path, params['spiffe_id'], dns, ips, organization)

@@ -2,8 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-# This file only documents the fleetmesh.envoy.workload_sign action, which runs on the controller
-# (plugins/action/workload_sign.py).
+# Only the documentation: the fleetmesh.envoy.workload_sign action runs on the controller (plugins/action).
 
 from __future__ import absolute_import, division, print_function
 
@@ -123,30 +122,10 @@ notes:
     with C(run_once)), or created the lab CA; every host's install task reports its own certificate change.
     RV(signed) lists every host it issued a certificate for.
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.conn
-  - ansible.builtin.action_common_attributes.flow
+  - fleetmesh.envoy.attributes.controller
 attributes:
-  action:
-    support: full
-  async:
-    support: none
-  become:
-    support: none
   bypass_host_loop:
-    support: none
     details: Use C(run_once=true); the one run signs for every host of the play.
-  check_mode:
-    support: full
-  connection:
-    support: none
-  delegation:
-    support: none
-    details: Runs on the controller in any case.
-  diff_mode:
-    support: none
-  platform:
-    platforms: all
 seealso:
   - module: fleetmesh.envoy.workload_csr
   - module: fleetmesh.envoy.cert_info

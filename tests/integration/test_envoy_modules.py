@@ -1,4 +1,5 @@
-"""fleetmesh.envoy.envoy_config, envoy_admin and validate run by ansible-playbook against a real Envoy.
+"""fleetmesh.envoy.envoy_instance (the validated bootstrap), envoy_admin and validate, run by ansible-playbook
+against a real Envoy.
 
 Each scenario runs one task in a playbook (connection local) and reads back the registered result,
 which the playbook writes to a file whether the task succeeded or failed.
@@ -6,7 +7,6 @@ which the playbook writes to a file whether the task succeeded or failed.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,95 +108,87 @@ def temp_leftovers(directory: Path, keep: set[str]) -> list[str]:
     return sorted(name for name in os.listdir(directory) if name not in keep)
 
 
-# -- envoy_config ------------------------------------------------------------------------------------
+# -- envoy_instance: the validated bootstrap write the envoy role uses ---------------------------------
 
-def config_task(dest: Path, content: str, envoy_bin: Path, **extra) -> dict:
-    return {'fleetmesh.envoy.envoy_config': dict({'dest': str(dest), 'content': content,
-                                                  'envoy_binary': str(envoy_bin)}, **extra)}
+def as_json(yaml_text: str) -> str:
+    return json.dumps(yaml.safe_load(yaml_text), indent=2)
 
 
-def test_envoy_config_writes_then_second_run_unchanged(play, envoy_bin, tmp_path):
-    dest = tmp_path / 'etc' / 'envoy.yaml'
-    dest.parent.mkdir()
-    good = bootstrap_yaml(admin_port=9901, listener_port=8080)
+def instance_task(conf_dir: Path, content: str, envoy_bin: Path, **extra) -> dict:
+    return {'fleetmesh.envoy.envoy_instance': dict({
+        'name': 'test', 'conf_dir': str(conf_dir), 'env_content': 'ENVOY_TEST=1\n', 'config_content': content,
+        'envoy_binary': str(envoy_bin), 'manage_user': False, 'user': 'root', 'group': 'root'}, **extra)}
 
-    first = play(config_task(dest, good, envoy_bin, mode='0640'))
+
+def test_envoy_instance_writes_then_second_run_unchanged(play, envoy_bin, tmp_path):
+    conf_dir = tmp_path / 'etc' / 'test'
+    good = as_json(bootstrap_yaml(admin_port=9901, listener_port=8080))
+
+    first = play(instance_task(conf_dir, good, envoy_bin))
     assert first.get('failed') is not True, first
-    assert first['changed'] is True and first['validated'] is True
-    assert first['dest'] == str(dest)
-    assert dest.read_text() == good
-    assert oct(dest.stat().st_mode & 0o7777) == '0o640'
-    assert first['sha256'] == hashlib.sha256(good.encode()).hexdigest()
+    assert first['changed'] is True and first['restart_needed'] is True
+    config = conf_dir / 'envoy.json'
+    assert first['config'] == str(config) and config.read_text() == good
+    assert oct(config.stat().st_mode & 0o7777) == '0o640'
 
-    second = play(config_task(dest, good, envoy_bin, mode='0640'))
+    second = play(instance_task(conf_dir, good, envoy_bin))
     assert second.get('failed') is not True, second
-    assert second['changed'] is False and second['validated'] is True
-    assert temp_leftovers(dest.parent, {'envoy.yaml'}) == []
+    assert second['changed'] is False and second['changed_files'] == []
+    assert temp_leftovers(conf_dir, {'envoy.json', 'instance.env'}) == []
 
-    mode_only = play(config_task(dest, good, envoy_bin, mode='0600'))
-    assert mode_only['changed'] is True
-    assert oct(dest.stat().st_mode & 0o7777) == '0o600'
+    config.chmod(0o644)
+    mode_only = play(instance_task(conf_dir, good, envoy_bin))
+    assert mode_only['changed'] is True and mode_only['changed_files'] == [str(config)]
+    assert oct(config.stat().st_mode & 0o7777) == '0o640'
 
 
-def test_envoy_config_rejected_leaves_old_file_byte_identical(play, envoy_bin, tmp_path):
-    dest = tmp_path / 'etc' / 'envoy.yaml'
-    dest.parent.mkdir()
-    good = bootstrap_yaml()
-    assert play(config_task(dest, good, envoy_bin))['changed'] is True
-    before = dest.read_bytes()
-    inode = dest.stat().st_ino
+def test_envoy_instance_rejected_bootstrap_leaves_old_file_byte_identical(play, envoy_bin, tmp_path):
+    conf_dir = tmp_path / 'test'
+    assert play(instance_task(conf_dir, as_json(bootstrap_yaml()), envoy_bin))['changed'] is True
+    config = conf_dir / 'envoy.json'
+    before = config.read_bytes()
+    inode = config.stat().st_ino
 
-    result = play(config_task(dest, unknown_filter_bootstrap(), envoy_bin))
+    result = play(instance_task(conf_dir, as_json(unknown_filter_bootstrap()), envoy_bin, env_content='CHANGED=1\n'))
     assert result['failed'] is True
-    assert result['changed'] is False
+    assert result.get('changed') is not True
     assert result['msg'].startswith('Envoy rejected the configuration: ')
     assert UNKNOWN_FILTER_MESSAGE in result['msg']
-    assert str(dest) in result['msg']  # Envoy's text names dest, not the temporary file
-    assert dest.read_bytes() == before
-    assert dest.stat().st_ino == inode
-    assert temp_leftovers(dest.parent, {'envoy.yaml'}) == []
+    assert '/tmp/' not in result['msg'].replace(str(tmp_path), '')  # Envoy's text names envoy.json, not a temp file
+    assert config.read_bytes() == before and config.stat().st_ino == inode
+    assert (conf_dir / 'instance.env').read_text() == 'ENVOY_TEST=1\n'  # no file of the instance changed
+    assert temp_leftovers(conf_dir, {'envoy.json', 'instance.env'}) == []
 
 
-def test_envoy_config_check_mode_validates_but_does_not_write(play, envoy_bin, tmp_path):
-    dest = tmp_path / 'new' / 'envoy.yaml'
-    dest.parent.mkdir()
-    result = play(config_task(dest, bootstrap_yaml(), envoy_bin), check=True)
+def test_envoy_instance_check_mode_validates_but_does_not_write(play, envoy_bin, tmp_path):
+    conf_dir = tmp_path / 'new'
+    result = play(instance_task(conf_dir, as_json(bootstrap_yaml()), envoy_bin), check=True)
     assert result.get('failed') is not True, result
-    assert result['changed'] is True and result['validated'] is True
-    assert not dest.exists()
-    assert os.listdir(dest.parent) == []
+    assert result['changed'] is True and str(conf_dir / 'envoy.json') in result['changed_files']
+    assert not conf_dir.exists()
 
-    rejected = play(config_task(dest, unknown_filter_bootstrap(), envoy_bin), check=True)
+    rejected = play(instance_task(conf_dir, as_json(unknown_filter_bootstrap()), envoy_bin), check=True)
     assert rejected['failed'] is True and UNKNOWN_FILTER_MESSAGE in rejected['msg']
-    assert not dest.exists()
-
-    # the role may create the directory in an earlier task that check mode skipped
-    missing_dir = play(config_task(tmp_path / 'not-yet' / 'envoy.yaml', bootstrap_yaml(), envoy_bin), check=True)
-    assert missing_dir.get('failed') is not True and missing_dir['changed'] is True, missing_dir
+    assert not conf_dir.exists()
 
 
-def test_envoy_config_diff_mode_shows_before_and_after(play, envoy_bin, tmp_path):
-    dest = tmp_path / 'envoy.yaml'
-    old, new = bootstrap_yaml(body='old'), bootstrap_yaml(body='new')
-    dest.write_text(old)
-    result = play(config_task(dest, new, envoy_bin), check=True, diff=True)
+def test_envoy_instance_diff_mode_shows_before_and_after(play, envoy_bin, tmp_path):
+    conf_dir = tmp_path / 'test'
+    old, new = as_json(bootstrap_yaml(body='old')), as_json(bootstrap_yaml(body='new'))
+    assert play(instance_task(conf_dir, old, envoy_bin))['changed'] is True
+    result = play(instance_task(conf_dir, new, envoy_bin), check=True, diff=True)
     assert result['changed'] is True
-    assert result['diff']['before'] == old and result['diff']['after'] == new
-    assert dest.read_text() == old
+    (config_diff,) = [d for d in result['diff'] if d['after_header'] == str(conf_dir / 'envoy.json')]
+    assert config_diff['before'] == old and config_diff['after'] == new
+    assert (conf_dir / 'envoy.json').read_text() == old
 
 
-def test_envoy_config_validate_false_and_missing_binary(play, tmp_path):
-    dest = tmp_path / 'envoy.yaml'
-    result = play({'fleetmesh.envoy.envoy_config': {'dest': str(dest), 'content': 'not: [envoy', 'validate': False}})
-    assert result['changed'] is True and result['validated'] is False
-    assert dest.read_text() == 'not: [envoy'
-    broken = play({'fleetmesh.envoy.envoy_config': {'dest': str(dest), 'content': 'x: 1',
-                                                    'envoy_binary': str(tmp_path / 'no-envoy')}})
-    assert broken['failed'] is True and broken['msg'].startswith(f'cannot run {tmp_path / "no-envoy"}')
-    assert dest.read_text() == 'not: [envoy'
-    bad_mode = play({'fleetmesh.envoy.envoy_config': {'dest': str(dest), 'content': 'x', 'validate': False,
-                                                      'mode': 'u=rw'}})
-    assert bad_mode['failed'] is True and bad_mode['msg'].startswith('mode: "u=rw" is not a valid file mode')
+def test_envoy_instance_missing_binary(play, tmp_path):
+    conf_dir = tmp_path / 'test'
+    broken = play(instance_task(conf_dir, '{}', tmp_path / 'no-envoy'))
+    assert broken['failed'] is True
+    assert broken['msg'] == f'envoy_binary: {tmp_path / "no-envoy"} does not exist on the host'
+    assert not (conf_dir / 'envoy.json').exists()
 
 
 # -- envoy_admin -------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import time
 from collections import namedtuple
 
 import pytest
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import istio
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import validation as v
 from ansible_collections.fleetmesh.envoy.plugins.modules import istio_token as module
@@ -165,6 +166,13 @@ class FakeModule:
 
     def fail_json(self, **kw):
         raise AssertionError(kw['msg'])
+
+    # The real AnsibleModule.atomic_move (files.atomic_write moves with it), on a host without SELinux.
+    atomic_move = AnsibleModule.atomic_move
+
+    @staticmethod
+    def selinux_enabled():
+        return False
 
 
 def test_inspect_missing_then_fresh_then_expiring(tmp_path):

@@ -17,7 +17,6 @@ __metaclass__ = type
 import datetime
 import ipaddress
 import os
-import tempfile
 import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -32,6 +31,7 @@ except ImportError:
     HAS_CRYPTOGRAPHY = False
     CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
 
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.files import atomic_write
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.pki import (
     BACKDATE_SECONDS,
     CERT_CHAIN_FILE,
@@ -41,7 +41,7 @@ from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.pki imp
     PKIError,
     fingerprint,
     iso,
-    pem_blocks,
+    load_certs,
     read_file,
     utcnow,
 )
@@ -75,16 +75,7 @@ def _subject(cert: Any) -> str:
 
 
 def _load_x509_list(text: Any, what: str) -> List[Any]:
-    ders = pem_blocks(text, 'CERTIFICATE')
-    if not ders:
-        raise PKIError('%s holds no PEM certificate' % what)
-    certs = []
-    for index, der in enumerate(ders):
-        try:
-            certs.append(x509.load_der_x509_certificate(der))
-        except ValueError as err:
-            raise PKIError('%s, certificate %d is not valid: %s' % (what, index + 1, err)) from err
-    return certs
+    return load_certs(text, what, x509.load_der_x509_certificate)
 
 
 def _directly_issued_by(child: Any, parent: Any) -> bool:
@@ -286,19 +277,7 @@ def ca_from_istio_cacerts(data: Dict[str, Any], source: str) -> CA:
 
 
 def _write_private(path: str, data: bytes, mode: int = 0o600) -> None:
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', dir=directory)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, 'wb') as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data, mode=mode)  # on the controller: no AnsibleModule, so os.replace
 
 
 def _self_ca_cert(subject: Any, issuer: Any, public_key: Any, signing_key: Any, issuer_public_key: Any, years: int,

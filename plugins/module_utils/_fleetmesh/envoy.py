@@ -16,11 +16,9 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import grp
 import http.client
 import json
 import os
-import pwd
 import re
 import socket
 import subprocess
@@ -31,10 +29,10 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import quote
 
 from ansible.module_utils.urls import open_url
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.files import atomic_write
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.validation import (
     check_admin_address,
     check_port,
-    show,
 )
 
 # Shared by every module that talks to the admin API; documented by the
@@ -289,59 +287,6 @@ def validate(binary: str, config_path: str, timeout: float = 120) -> Tuple[bool,
 # Writing configuration files
 # ------------------------------------------------------------------------------------------------
 
-def _uid(owner: Any) -> int:
-    if owner is None:
-        return -1
-    if isinstance(owner, int) or str(owner).isdigit():
-        return int(owner)
-    try:
-        return pwd.getpwnam(owner).pw_uid
-    except KeyError as err:
-        raise ValueError(f'owner: {show(owner)} is not a known user; allowed: a user name or uid') from err
-
-
-def _gid(group: Any) -> int:
-    if group is None:
-        return -1
-    if isinstance(group, int) or str(group).isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError as err:
-        raise ValueError(f'group: {show(group)} is not a known group; allowed: a group name or gid') from err
-
-
-def attributes_differ(path: str, owner: Any = None, group: Any = None, mode: Optional[int] = None) -> bool:
-    """Whether an existing file's owner, group or mode differ from the wanted ones (None: any)."""
-    st = os.stat(path)
-    uid, gid = _uid(owner), _gid(group)
-    return ((uid != -1 and st.st_uid != uid) or (gid != -1 and st.st_gid != gid)
-            or (mode is not None and (st.st_mode & 0o7777) != mode))
-
-
-def set_attributes(path: str, owner: Any = None, group: Any = None, mode: Optional[int] = None) -> None:
-    uid, gid = _uid(owner), _gid(group)
-    if uid != -1 or gid != -1:
-        os.chown(path, uid, gid)
-    if mode is not None:
-        os.chmod(path, mode)
-
-
-def _write_temp(directory: str, name: str, content: bytes) -> str:
-    """A new file beside ``name`` in ``directory``, with the same suffix so Envoy reads it the same way."""
-    suffix = os.path.splitext(name)[1]
-    fd, path = tempfile.mkstemp(dir=directory, prefix=f'.{name}.', suffix=suffix)
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        os.unlink(path)
-        raise
-    return path
-
-
 def _as_bytes(content: Any) -> bytes:
     return content if isinstance(content, bytes) else str(content).encode('utf-8')
 
@@ -357,8 +302,11 @@ def validate_content(binary: str, content: Any, dest: str, directory: Optional[s
         directory = os.path.dirname(os.path.abspath(dest))
         if not os.path.isdir(directory):
             directory = tempfile.gettempdir()
-    path = _write_temp(directory, os.path.basename(dest), _as_bytes(content))
+    name = os.path.basename(dest)
+    fd, path = tempfile.mkstemp(dir=directory, prefix=f'.{name}.', suffix=os.path.splitext(name)[1])
     try:
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(_as_bytes(content))
         ok, text = validate(binary, path)
     finally:
         os.unlink(path)
@@ -366,39 +314,14 @@ def validate_content(binary: str, content: Any, dest: str, directory: Optional[s
 
 
 def atomic_write_validated(dest: str, content: Any, binary: Optional[str], owner: Any = None, group: Any = None,
-                           mode: Optional[int] = None) -> Tuple[bool, str]:
+                           mode: Optional[int] = None, module: Any = None) -> Tuple[bool, str]:
     """Replace ``dest`` with ``content`` only if Envoy accepts it: (ok, Envoy's error text or '').
 
-    A temporary file is written in dest's directory, given its owner, group and mode (by default
-    those of the existing dest), validated with ``binary`` (skipped when binary is None), fsynced
-    and renamed over dest; the directory is fsynced after. On any failure dest is left untouched.
+    files.atomic_write with ``envoy --mode validate`` of the temporary file (skipped when binary is None);
+    on any failure dest is left untouched.
     """
-    dest_dir = os.path.dirname(os.path.abspath(dest))
-    path = _write_temp(dest_dir, os.path.basename(dest), _as_bytes(content))
-    try:
-        if os.path.exists(dest):
-            st = os.stat(dest)
-            if owner is None and group is None and os.geteuid() == 0:
-                owner, group = st.st_uid, st.st_gid
-            if mode is None:
-                mode = st.st_mode & 0o7777
-        elif mode is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        set_attributes(path, owner, group, mode)
-        if binary is not None:
-            ok, text = validate(binary, path)
-            if not ok:
-                return False, text.replace(path, dest)
-        os.rename(path, dest)
-        path = ''
-        dir_fd = os.open(dest_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return True, ''
-    finally:
-        if path:
-            os.unlink(path)
+    def check(path: str) -> Tuple[bool, str]:
+        return validate(binary, path)
+
+    return atomic_write(dest, _as_bytes(content), owner, group, mode, module=module,
+                        validate=None if binary is None else check)

@@ -397,17 +397,18 @@ class Cert:
         }
 
 
-def load_certs(text: Any, what: str = 'certificate file') -> List[Cert]:
-    """Every certificate in PEM ``text``; PKIError when there is none or one is broken."""
+def load_certs(text: Any, what: str = 'certificate file', parse: Any = None) -> List[Any]:
+    """Every certificate in PEM ``text``, each parsed by ``parse`` (default: Cert, this module's reader; the
+    controller passes cryptography's loader); PKIError when there is none or one is broken."""
     ders = pem_blocks(text, 'CERTIFICATE')
     if not ders:
         raise PKIError('%s holds no PEM certificate' % what)
     certs = []
     for index, der in enumerate(ders):
         try:
-            certs.append(Cert(der))
-        except PKIError as err:
-            raise PKIError('%s, certificate %d: %s' % (what, index + 1, err)) from err
+            certs.append((parse or Cert)(der))
+        except (PKIError, ValueError) as err:
+            raise PKIError('%s, certificate %d is not valid: %s' % (what, index + 1, err)) from err
     return certs
 
 

@@ -13,7 +13,8 @@ import os
 import pwd
 
 
-def _exists(lookup, name):
+def exists(lookup, name):
+    """Whether ``lookup`` (grp.getgrnam, pwd.getpwnam) finds ``name``."""
     try:
         lookup(name)
         return True
@@ -30,11 +31,11 @@ def ensure_system_user(module, user, group, shell=None):
             module.fail_json(msg='%s failed: %s' % (' '.join(cmd), (err or out).strip()))
 
     created = False
-    if not _exists(grp.getgrnam, group):
+    if not exists(grp.getgrnam, group):
         created = True
         if not module.check_mode:
             run(['groupadd', '--system', group])
-    if not _exists(pwd.getpwnam, user):
+    if not exists(pwd.getpwnam, user):
         created = True
         shell = shell or next((s for s in ('/usr/sbin/nologin', '/sbin/nologin') if os.path.exists(s)), '/bin/false')
         if not module.check_mode:

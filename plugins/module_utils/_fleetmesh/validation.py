@@ -111,6 +111,28 @@ def _is_str(value: Any) -> bool:
     return isinstance(value, str)
 
 
+def _string_check(accept: Callable[[str], Any], problem: str, allowed: str) -> Callable[[str, Any], List[str]]:
+    """A check of a string value: no error when ``accept(value)`` holds, else ``problem`` and ``allowed``."""
+    def check(var: str, value: Any) -> List[str]:
+        if _is_str(value) and accept(value):
+            return []
+        return [_error(var, value, problem, allowed)]
+    return check
+
+
+def _list_check(item_check: Callable[[str, Any], List[str]], items: str,
+                allowed: str) -> Callable[[str, Any], List[str]]:
+    """A check of a list whose every item passes ``item_check`` (errors name the item as ``var[index]``)."""
+    def check(var: str, value: Any) -> List[str]:
+        if not isinstance(value, (list, tuple)):
+            return [_error(var, value, 'is not a list of ' + items, 'a list of ' + allowed)]
+        errors = []
+        for index, item in enumerate(value):
+            errors.extend(item_check(f'{var}[{index}]', item))
+        return errors
+    return check
+
+
 def _as_int(value: Any) -> Optional[int]:
     """Integers, and strings of digits (templating may give either); never booleans."""
     if isinstance(value, bool):
@@ -166,30 +188,24 @@ def check_no_control(var: str, value: Any, allow_tab: bool = False) -> List[str]
 # Names
 # --------------------------------------------------------------------------------------------
 
-def check_dns_label(var: str, value: Any) -> List[str]:
-    if _is_str(value) and len(value) <= 63 and _DNS_LABEL_RE.match(value):
-        return []
-    return [_error(var, value, 'is not a valid DNS-1123 label', ALLOWED_DNS_LABEL)]
+check_dns_label = _string_check(
+    lambda value: len(value) <= 63 and _DNS_LABEL_RE.match(value),
+    'is not a valid DNS-1123 label', ALLOWED_DNS_LABEL)
 
 
-def check_dns1035_label(var: str, value: Any) -> List[str]:
-    """Names Kubernetes requires to start with a letter, such as Service names."""
-    if _is_str(value) and len(value) <= 63 and _DNS1035_LABEL_RE.match(value):
-        return []
-    return [_error(var, value, 'is not a valid DNS-1035 label', ALLOWED_DNS1035_LABEL)]
+# Names Kubernetes requires to start with a letter, such as Service names.
+check_dns1035_label = _string_check(
+    lambda value: len(value) <= 63 and _DNS1035_LABEL_RE.match(value),
+    'is not a valid DNS-1035 label', ALLOWED_DNS1035_LABEL)
 
 
-def check_dns_subdomain(var: str, value: Any) -> List[str]:
-    if _is_str(value) and 0 < len(value) <= 253 and all(
-            len(part) <= 63 and _DNS_LABEL_RE.match(part) for part in value.split('.')):
-        return []
-    return [_error(var, value, 'is not a valid DNS-1123 subdomain', ALLOWED_DNS_SUBDOMAIN)]
+check_dns_subdomain = _string_check(
+    lambda value: 0 < len(value) <= 253 and all(
+        len(part) <= 63 and _DNS_LABEL_RE.match(part) for part in value.split('.')),
+    'is not a valid DNS-1123 subdomain', ALLOWED_DNS_SUBDOMAIN)
 
 
-def check_semver(var: str, value: Any) -> List[str]:
-    if _is_str(value) and _SEMVER_RE.match(value):
-        return []
-    return [_error(var, value, 'is not a valid version', ALLOWED_SEMVER)]
+check_semver = _string_check(_SEMVER_RE.match, 'is not a valid version', ALLOWED_SEMVER)
 
 
 def semver_tuple(value: str) -> Tuple[int, int, int]:
@@ -215,10 +231,7 @@ def check_bool(var: str, value: Any) -> List[str]:
     return [_error(var, value, 'is not a boolean', ALLOWED_BOOL)]
 
 
-def check_env_name(var: str, value: Any) -> List[str]:
-    if _is_str(value) and _ENV_NAME_RE.match(value):
-        return []
-    return [_error(var, value, 'is not a valid environment variable name', ALLOWED_ENV_NAME)]
+check_env_name = _string_check(_ENV_NAME_RE.match, 'is not a valid environment variable name', ALLOWED_ENV_NAME)
 
 
 def check_file_mode(var: str, value: Any) -> List[str]:
@@ -401,13 +414,7 @@ def check_san(var: str, value: Any) -> List[str]:
     return []
 
 
-def check_san_list(var: str, value: Any) -> List[str]:
-    if not isinstance(value, (list, tuple)):
-        return [_error(var, value, 'is not a list of subjectAltNames', 'a list of ' + ALLOWED_SAN)]
-    errors = []
-    for index, item in enumerate(value):
-        errors.extend(check_san(f'{var}[{index}]', item))
-    return errors
+check_san_list = _list_check(check_san, 'subjectAltNames', ALLOWED_SAN)
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,16 +439,12 @@ def check_duration(var: str, value: Any) -> List[str]:
     return []
 
 
-def check_absolute_path(var: str, value: Any) -> List[str]:
-    if _is_str(value) and value.startswith('/') and '\x00' not in value:
-        return []
-    return [_error(var, value, 'is not an absolute path', ALLOWED_ABSOLUTE_PATH)]
+check_absolute_path = _string_check(
+    lambda value: value.startswith('/') and '\x00' not in value,
+    'is not an absolute path', ALLOWED_ABSOLUTE_PATH)
 
 
-def check_posix_name(var: str, value: Any) -> List[str]:
-    if _is_str(value) and _POSIX_NAME_RE.match(value):
-        return []
-    return [_error(var, value, 'is not a valid user or group name', ALLOWED_POSIX_NAME)]
+check_posix_name = _string_check(_POSIX_NAME_RE.match, 'is not a valid user or group name', ALLOWED_POSIX_NAME)
 
 
 def _workload_service_names(variables: Mapping) -> List[str]:
@@ -570,10 +573,9 @@ def check_istio_ports(var: str, value: Any) -> List[str]:
     return errors
 
 
-def check_label_value(var: str, value: Any) -> List[str]:
-    if _is_str(value) and (value == '' or (len(value) <= 63 and _LABEL_NAME_RE.match(value))):
-        return []
-    return [_error(var, value, 'is not a valid label value', ALLOWED_LABEL_VALUE)]
+check_label_value = _string_check(
+    lambda value: value == '' or (len(value) <= 63 and _LABEL_NAME_RE.match(value)),
+    'is not a valid label value', ALLOWED_LABEL_VALUE)
 
 
 def check_label_key(var: str, value: Any) -> List[str]:
@@ -591,11 +593,8 @@ def check_label_key(var: str, value: Any) -> List[str]:
 def check_labels(var: str, value: Any) -> List[str]:
     if not isinstance(value, Mapping):
         return [_error(var, value, 'is not a mapping of labels', ALLOWED_LABELS)]
-    errors = []
-    for key, label_value in value.items():
-        errors.extend(check_label_key(f'{var} (label key)', key))
-        errors.extend(check_label_value(f'{var}.{key}', label_value))
-    return errors
+    return [error for key, label_value in value.items()
+            for error in check_label_key(f'{var} (label key)', key) + check_label_value(f'{var}.{key}', label_value)]
 
 
 def check_locality(var: str, value: Any) -> List[str]:
@@ -627,11 +626,12 @@ def _spiffe_id_rule(var: str, value: Any, variables: Mapping) -> List[str]:
     return check_spiffe_id(var, value, trust_domain if not check_trust_domain('', trust_domain) else None)
 
 
-FLEETMESH_MODEL_RULES = [
+FLEETMESH_MODEL_RULES = [  # who the workload is
     Rule('fleetmesh_service', _simple(check_dns_label), True, ALLOWED_DNS_LABEL),
     Rule('fleetmesh_namespace', _simple(check_dns_label), True, ALLOWED_DNS_LABEL),
     Rule('fleetmesh_service_account', _simple(check_dns_subdomain), True, ALLOWED_DNS_SUBDOMAIN),
     Rule('fleetmesh_ports', _simple(check_istio_ports), True, ALLOWED_ISTIO_PORTS),
+] + [  # where and how the workload is reached, and in which mesh
     Rule('fleetmesh_labels', _simple(check_labels), False, ALLOWED_LABELS),
     Rule('fleetmesh_network', _simple(check_label_value), False, ALLOWED_LABEL_VALUE),
     Rule('fleetmesh_locality', _simple(check_locality), False, ALLOWED_LOCALITY),
@@ -796,19 +796,10 @@ def check_host_port(var: str, value: Any) -> List[str]:
     return []
 
 
-def check_sha256(var: str, value: Any) -> List[str]:
-    if _is_str(value) and _SHA256_RE.match(value):
-        return []
-    return [_error(var, value, 'is not a valid sha256', ALLOWED_SHA256)]
+check_sha256 = _string_check(_SHA256_RE.match, 'is not a valid sha256', ALLOWED_SHA256)
 
 
-def check_dns_name_list(var: str, value: Any) -> List[str]:
-    if not isinstance(value, (list, tuple)):
-        return [_error(var, value, 'is not a list of DNS names', 'a list of ' + ALLOWED_DNS_SUBDOMAIN)]
-    errors = []
-    for index, item in enumerate(value):
-        errors.extend(check_dns_subdomain(f'{var}[{index}]', item))
-    return errors
+check_dns_name_list = _list_check(check_dns_subdomain, 'DNS names', ALLOWED_DNS_SUBDOMAIN)
 
 
 def check_env_mapping(var: str, value: Any) -> List[str]:
