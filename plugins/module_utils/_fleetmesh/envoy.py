@@ -45,7 +45,6 @@ ADMIN_ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
 }
 
 # server_info "state" values (envoy.admin.v3.ServerInfo.State)
-STATE_LIVE = 'LIVE'
 STATE_DRAINING = 'DRAINING'
 
 _VERSION_IN_BUILD_RE = re.compile(r'(?:^|/)(\d+\.\d+\.\d+)(?:-[0-9A-Za-z.-]+)?(?:/|$)')
