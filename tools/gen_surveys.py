@@ -114,8 +114,10 @@ PLAYBOOK_VARS: dict[str, dict[str, dict[str, Any]]] = {
         "target": {"type": "str", "default": "all",
                    "description": "Inventory group or pattern of the hosts to report on."},
         "status_report_dir": {"type": "str",
-                              "description": "Controller directory for status.json/.md/.html. Empty: "
+                              "description": "Controller directory for report.json, status.json/.html/.md. Empty: "
                                              "./fleetmesh-status in the job's working directory."},
+        "status_cert_warn_days": {"type": "int", "default": 14,
+                                  "description": "A certificate with fewer days left counts as a problem."},
         "envoy_admin_address": {"from": "envoy"},
         "envoy_admin_port": {"from": "envoy"},
         "envoy_health_path": {"from": "envoy"},
