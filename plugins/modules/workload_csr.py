@@ -47,7 +47,9 @@ options:
     description:
       - Create O(owner) (a system user without home or login shell) and its group (O(group), or one named like
         O(owner)) when they do not exist, in the same call, so a no-op run is one round trip to the host.
-      - Only with O(state=csr).
+      - With O(state=csr) before the key is made; with O(state=installed) before O(private_key) is written.
+      - This is the collection's one way to create a service user (see C(docs/model.md)); the C(envoy_instance)
+        module and the Envoy packages create theirs the same way.
     type: bool
     default: false
   key_type:
@@ -116,6 +118,12 @@ options:
   cert_chain:
     description:
       - With O(state=installed), the issued leaf followed by its intermediates, PEM (no root, no key).
+    type: str
+  private_key:
+    description:
+      - With O(state=installed) only, and only for the role's C(legacy_secret) source, where the key comes from a
+        Kubernetes Secret instead of being made on the host; written as C(key.pem) (mode V(0600), owned by O(owner)
+        and O(group), atomically) before the checks, which then run against it.
     type: str
 notes:
   - Needs either the Python package C(cryptography) 3.1 or later or the C(openssl) tool (1.1.1 or later) on the host.
@@ -324,8 +332,9 @@ def _new_key(module, backend, key_path, uid, gid):
                  writer=generate)
 
 
-def _write_public(module, path, text, uid, gid, mode=CERT_MODE):
-    """Write a public PEM file atomically with owner and mode; True when content or attributes changed."""
+def _write_pem(module, path, text, uid, gid, mode=CERT_MODE):
+    """Write a PEM file atomically with owner and mode (a certificate; key.pem from a legacy Secret with KEY_MODE);
+    True when content or attributes changed."""
     data = text.encode('ascii')
     current = None
     if os.path.exists(path):
@@ -361,11 +370,16 @@ def _installed_info(directory):
         return None
 
 
-def install(module, backend, uid, gid, owner, group):
-    """state=installed: put the issued chain and the root in place, after checking they belong to this host's key."""
+def install(module, backend, uid, gid, owner, group, changed=False):
+    """state=installed: put the issued chain and the root in place, after checking they belong to this host's key
+    (the one in private_key, written first, with the legacy Secret source)."""
     params = module.params
     directory = params['path']
     key_path = os.path.join(directory, pki.KEY_FILE)
+    if params['private_key']:
+        if not pki.has_private_key_marker(params['private_key']):
+            _fail(module, 'private_key is not a PEM private key')
+        changed |= _write_pem(module, key_path, params['private_key'], uid, gid, mode=KEY_MODE)
     if not params['cert_chain'] or not params['root_cert']:
         _fail(module, 'state=installed needs cert_chain and root_cert')
     for name in ('cert_chain', 'root_cert'):
@@ -400,10 +414,9 @@ def install(module, backend, uid, gid, owner, group):
     if problems:
         _fail(module, 'nothing installed: ' + '; '.join(problems))
     before = _installed_info(directory)
-    changed = False
     # the root first: a chain is never in place without the root it needs
-    changed |= _write_public(module, os.path.join(directory, pki.ROOT_CERT_FILE), params['root_cert'], uid, gid)
-    changed |= _write_public(module, os.path.join(directory, pki.CERT_CHAIN_FILE), params['cert_chain'], uid, gid)
+    changed |= _write_pem(module, os.path.join(directory, pki.ROOT_CERT_FILE), params['root_cert'], uid, gid)
+    changed |= _write_pem(module, os.path.join(directory, pki.CERT_CHAIN_FILE), params['cert_chain'], uid, gid)
     info = leaf.info()
     result = dict(changed=changed, installed=info, spiffe_id=params['spiffe_id'], backend=backend.name,
                   needs_issue=False, reasons=[])
@@ -435,6 +448,7 @@ def main():
             backend=dict(type='str', choices=['auto', 'cryptography', 'openssl'], default='auto'),
             state=dict(type='str', choices=['csr', 'installed'], default='csr'),
             cert_chain=dict(type='str'),
+            private_key=dict(type='str', no_log=True),
         ),
         required_if=[('state', 'installed', ('cert_chain', 'root_cert'))],
         supports_check_mode=True,
@@ -468,7 +482,9 @@ def main():
     directory = params['path']
     key_path = os.path.join(directory, pki.KEY_FILE)
     changed = False
-    owner_created = params['create_owner'] and params['state'] == 'csr' and ensure_system_user(
+    if params['private_key'] and params['state'] != 'installed':
+        _fail(module, 'private_key is only used with state=installed')
+    owner_created = params['create_owner'] and ensure_system_user(
         module, params['owner'], params['group'] or params['owner'])
     changed = bool(owner_created)
     uid, gid, owner, group = _ids(module)
@@ -478,7 +494,7 @@ def main():
         _fail(module, str(err))
 
     if params['state'] == 'installed':
-        install(module, backend, uid, gid, owner, group)
+        install(module, backend, uid, gid, owner, group, changed)
 
     before = {'path': directory, 'key': None, 'certificate': None}
     after = {'path': directory, 'key': None, 'certificate': None}
