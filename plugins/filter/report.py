@@ -250,8 +250,8 @@ def _shorten(text: str, width: int) -> str:
 
 
 def _short_registration(value: str) -> str:
-    if value.startswith('WorkloadEntry'):
-        return 'WE'
+    if value.startswith('WorkloadEntry '):
+        return 'WE ' + value[len('WorkloadEntry '):]
     return {'EndpointSlice ready': 'ES ready', 'EndpointSlice not ready': 'ES not ready',
             'not registered': 'none'}.get(value, value)
 

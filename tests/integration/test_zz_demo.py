@@ -36,7 +36,8 @@ def test_make_demo_then_lab_down_leaves_nothing_behind():
         assert re.search(rf"{host} {re.escape(ip)}: {family} / .+ - reachable over SSH", out), (host, out[-6000:])
         assert re.search(rf"{host} -> 200 -> hello from {host}", out), (host, out[-4000:])
     assert "(EL 9 emulation, not RHEL)" in out
-    assert re.search(r"WorkloadEntry\s+fleet-lab/web-fm-deb-1", out), out[-4000:]
+    # the status table (at most 100 columns: the registration column shortens WorkloadEntry to WE)
+    assert re.search(r"fm-deb-1 web\.fleet-lab \S+ LIVE healthy \S+ WE fleet-lab/web-fm-deb-1 ok", out), out[-4000:]
 
     down = make("lab-down")
     assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]

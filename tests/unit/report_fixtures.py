@@ -111,10 +111,10 @@ def chromium(binary: str, page: Path, screenshot: Path) -> str:
     """Open the page in headless Chromium, offline: take a screenshot and return the DOM it built."""
     common = [binary, '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-extensions',
               '--disable-background-networking', '--disable-sync', '--disable-component-update',
-              '--disable-default-apps', '--user-data-dir=%s' % (screenshot.parent / 'chromium-profile'),
+              '--disable-default-apps', f'--user-data-dir={screenshot.parent / "chromium-profile"}',
               '--proxy-server=127.0.0.1:9', '--hide-scrollbars']
     screenshot.parent.mkdir(parents=True, exist_ok=True)
-    shot = subprocess.run([*common, '--window-size=1280,1800', '--screenshot=%s' % screenshot, page.as_uri()],
+    shot = subprocess.run([*common, '--window-size=1280,1800', f'--screenshot={screenshot}', page.as_uri()],
                           capture_output=True, text=True, timeout=120, check=False)
     assert shot.returncode == 0 and screenshot.exists(), shot.stderr[-3000:]
     dom = subprocess.run([*common, '--dump-dom', page.as_uri()], capture_output=True, text=True, timeout=120,

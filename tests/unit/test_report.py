@@ -13,8 +13,17 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.fleetmesh.envoy.plugins.filter import report as r
 
 from tests.conftest import need
-from tests.unit.report_fixtures import (EXPECTED_PROBLEMS, OBJECTS, READS, ROOT, SCHEMA, check_page_against_json,
-                                        chromium, parse_page, read)
+from tests.unit.report_fixtures import (
+    EXPECTED_PROBLEMS,
+    OBJECTS,
+    READS,
+    ROOT,
+    SCHEMA,
+    check_page_against_json,
+    chromium,
+    parse_page,
+    read,
+)
 
 NOW = '2026-12-05T20:00:00Z'
 
@@ -53,7 +62,8 @@ def test_each_problem_found_and_problem_hosts_first(report):
     drift = next(p for p in report['problems'] if p['kind'] == 'version_drift')
     assert drift['detail'] == 'runs 1.39.3; web.fleet-lab mostly runs 1.40.0'
     assert report['services'] == [{
-        'service': 'web', 'namespace': 'fleet-lab', 'hosts': order, 'versions': {'1.39.3': 1, '1.40.0': 4, 'unknown': 2},
+        'service': 'web', 'namespace': 'fleet-lab', 'hosts': order,
+        'versions': {'1.39.3': 1, '1.40.0': 4, 'unknown': 2},
         'health': {'down': 1, 'healthy': 5, 'unreachable': 1}, 'problem_hosts': 5, 'version_drift': True}]
 
 
@@ -67,7 +77,8 @@ def test_registration_shapes_and_not_read():
                                                      'not registered']
     data = r.fleet_report_data(rows)
     assert [p['detail'] for p in data['problems'] if p['kind'] == 'not_registered'] == [
-        'registered, but its EndpointSlice endpoint is not ready', 'no WorkloadEntry or EndpointSlice endpoint in Kubernetes']
+        'registered, but its EndpointSlice endpoint is not ready',
+        'no WorkloadEntry or EndpointSlice endpoint in Kubernetes']
     # not read (no kubeconfig): n/a, and nobody counts as not registered
     unread = r.fleet_status([read('a', '10.0.0.1')], None, registration_error=None)
     assert unread['hosts'][0]['registration'] == 'n/a' and unread['summary']['problem_hosts'] == 0
@@ -115,6 +126,11 @@ def test_table_fits_100_columns_with_long_values():
     lines = table.splitlines()
     assert all(len(line) <= 92 for line in lines), [len(line) for line in lines]  # + 8 of debug's indent <= 100
     assert '\u2026' in table  # shortened; the JSON keeps the whole value
+    we = {'kind': 'WorkloadEntry', 'metadata': {'namespace': 'fleet-lab', 'name': 'web-fm-deb-1',
+                                                'annotations': {'fleetmesh.envoy/host': 'fm-deb-1'}}}
+    short = r.fleet_render(r.fleet_status([read('fm-deb-1', '10.0.0.1')], [we]), 'table').splitlines()
+    assert short[-1].split() == ['fm-deb-1', 'web.fleet-lab', '1.40.0', 'LIVE', 'healthy', '29d', 'WE',
+                                 'fleet-lab/web-fm-deb-1', 'ok'], short
     assert lines[1].split()[:3] == ['HOST', 'SERVICE', 'ENVOY'] or lines[2].split()[:3] == ['HOST', 'SERVICE', 'ENVOY']
 
 
