@@ -15,6 +15,8 @@ import re
 import shutil
 import subprocess
 
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.files import atomic_write
+
 SEMVER = re.compile(r'^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$')
 
 
@@ -76,38 +78,45 @@ def write_stamp(version_dir, sha256):
 
 
 def install(module, src, version_dir, version, sha256):
+    """Unpack ``src`` into <version_dir>/envoy with files.atomic_write: checked (sha256, --version) before it is
+    moved into place; a failure leaves no binary and no empty version directory."""
     os.makedirs(version_dir, mode=0o755, exist_ok=True)
-    tmp = os.path.join(version_dir, '.envoy.tmp')
     opener = gzip.open if src.endswith('.gz') else open
     digest = hashlib.sha256()
-    try:
+
+    def unpack(tmp):
         with opener(src, 'rb') as fin, open(tmp, 'wb') as fout:
             for chunk in iter(lambda: fin.read(1 << 20), b''):
                 digest.update(chunk)
                 fout.write(chunk)
             fout.flush()
             os.fsync(fout.fileno())
+
+    def check(tmp):
+        got = digest.hexdigest()
+        if got != sha256:
+            return False, ('sha256: %s unpacks to a binary with sha256 %s, expected %s; nothing was replaced '
+                           'and the active version keeps running' % (src, got, sha256))
+        code, out = run_out([tmp, '--version'])
+        # "<path>  version: <commit>/<X.Y.Z>/...": only after "version:" (the path itself names the version dir)
+        if code != 0 or '/%s/' % version not in out.partition('version:')[2]:
+            return False, ('version: the binary in %s does not report Envoy %s (it said: %s); nothing was replaced'
+                           % (src, version, out.strip()[-300:]))
+        return True, ''
+
+    try:
+        ok, text = atomic_write(os.path.join(version_dir, 'envoy'), None, mode=0o755, module=module, writer=unpack,
+                                validate=check)
     except (OSError, EOFError) as err:
-        _cleanup(tmp, version_dir)
+        _cleanup(version_dir)
         module.fail_json(msg='src: cannot read %s: %s; nothing was replaced' % (src, err))
-    got = digest.hexdigest()
-    if got != sha256:
-        _cleanup(tmp, version_dir)
-        module.fail_json(msg='sha256: %s unpacks to a binary with sha256 %s, expected %s; nothing was replaced '
-                             'and the active version keeps running' % (src, got, sha256))
-    os.chmod(tmp, 0o755)
-    code, out = run_out([tmp, '--version'])
-    if code != 0 or '/%s/' % version not in out:
-        _cleanup(tmp, version_dir)
-        module.fail_json(msg='version: the binary in %s does not report Envoy %s (it said: %s); nothing was replaced'
-                             % (src, version, out.strip()[-300:]))
-    os.rename(tmp, os.path.join(version_dir, 'envoy'))
+    if not ok:
+        _cleanup(version_dir)
+        module.fail_json(msg=text)
     write_stamp(version_dir, sha256)
 
 
-def _cleanup(tmp, version_dir):
-    if os.path.exists(tmp):
-        os.unlink(tmp)
+def _cleanup(version_dir):
     if os.path.isdir(version_dir) and not os.listdir(version_dir):
         os.rmdir(version_dir)
 
