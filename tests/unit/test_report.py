@@ -85,8 +85,8 @@ def test_registration_shapes_and_not_read():
 
 
 def test_no_cert_and_expired():
-    data = r.fleet_status([read('a', '1.1.1.1', cert={'exists': False}), read('b', '1.1.1.2', cert={'exists': True,
-                                                                                                  'days_left': -2.5})])
+    expired = {'exists': True, 'days_left': -2.5}
+    data = r.fleet_status([read('a', '1.1.1.1', cert={'exists': False}), read('b', '1.1.1.2', cert=expired)])
     rows = {row['host']: row for row in data['hosts']}
     assert rows['a']['cert_days_left'] == 'no cert' and rows['a']['problems'] == []
     assert rows['b']['problems'] == [{'kind': 'cert_expiring', 'detail': 'expired 2.5 days ago'}]
