@@ -22,9 +22,11 @@ die() { echo "setup: ERROR: $*" >&2; exit 2; }
 # program calls it (netavark runs iptables). tools/doctor.sh's COMMANDS table says which command comes from
 # which package; tests/unit/test_setup_steps.py keeps the two and the scripts in step. Go is not an apt
 # package here (Debian's is too old): it is expected in /usr/local/go, and the doctor says so when it is not.
+# python3-grpcio: the gRPC client of the tests and the demo (tools/lab/grpc_hello.py, run by /usr/bin/python3; the
+# lab images carry the same package for the gRPC app on the VMs).
 APT_PACKAGES=(podman runc netavark iptables mmdebstrap rpm createrepo-c dpkg-dev fakeroot openssh-client gpg gpg-agent
   iproute2 curl ca-certificates openssl gzip unzip git make python3 python3-minimal python3-venv shellcheck prometheus
-  chromium-headless-shell)
+  python3-grpcio chromium-headless-shell)
 
 step_apt() {
   [ -r /etc/debian_version ] || die "this set-up needs Debian 12 (no /etc/debian_version found)"

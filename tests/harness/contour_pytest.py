@@ -6,6 +6,7 @@ the Envoy artifact the tests that use them are skipped with the reason, or fail 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -17,7 +18,7 @@ except ImportError:  # tests/harness itself is on sys.path
     import contour
     import kubeapi
 
-__all__ = ["contour_ingress", "require_contour_binaries"]
+__all__ = ["contour_ingress", "own_contour", "require_contour_binaries"]
 
 
 def require_contour_binaries() -> None:
@@ -34,6 +35,18 @@ def require_contour_binaries() -> None:
 def contour_ingress(kube_api: kubeapi.KubeAPI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[contour.Contour]:
     require_contour_binaries()
     ingress = contour.Contour(kube_api, tmp_path_factory.mktemp("contour"))
+    try:
+        ingress.start()
+        yield ingress
+    finally:
+        ingress.stop()
+
+
+@contextlib.contextmanager
+def own_contour(api: kubeapi.KubeAPI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[contour.Contour]:
+    """A Contour + Envoy of a module's own API server (kubeapi_pytest.own_kube_api); a few seconds to start."""
+    require_contour_binaries()
+    ingress = contour.Contour(api, tmp_path_factory.mktemp("contour"))
     try:
         ingress.start()
         yield ingress

@@ -24,7 +24,8 @@ for tool in podman mmdebstrap rpmbuild; do
   command -v "$tool" >/dev/null || { echo "build-images: '$tool' is missing; run 'make setup' (apt-get install podman mmdebstrap rpm)" >&2; exit 2; }
 done
 
-common_pkgs="systemd,systemd-sysv,dbus,python3,python3-apt,openssh-server,sudo,iproute2,procps,ca-certificates,curl,gzip,xz-utils,tar,less"
+# python3-grpcio: the lab's gRPC app (tools/lab/grpc_hello.py, started by playbooks/lab_app.yml).
+common_pkgs="systemd,systemd-sysv,dbus,python3,python3-apt,python3-grpcio,openssh-server,sudo,iproute2,procps,ca-certificates,curl,gzip,xz-utils,tar,less"
 # A lab VM: an admin user reached over SSH with the per-lab key (mounted at run time),
 # passwordless sudo like a cloud image, and no units that make no sense in a container.
 customize_common=(
