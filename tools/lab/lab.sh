@@ -18,10 +18,6 @@
 # Two thirds of the VMs (rounded up) are Debian, the rest EL. VM addresses are fixed on the
 # dedicated network fleetmesh-lab (10.213.77.0/24): Debian from .11, EL from .51.
 set -euo pipefail
-if [ -z "${FLEETMESH_LAB_LOCKED:-}" ] && [ "${1:-}" != status ]; then
-  export FLEETMESH_LAB_LOCKED=1
-  exec flock "${FLEETMESH_LAB_LOCK:-/var/tmp/fleetmesh-lab.lock}" "$0" "$@"
-fi
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
@@ -38,6 +34,11 @@ ssh_timeout="${FLEETMESH_LAB_SSH_TIMEOUT:-90}"
 
 die() { echo "lab: $*" >&2; exit 2; }
 command -v podman >/dev/null || die "podman is missing; run 'make setup' (apt-get install podman runc)"
+if [ -z "${FLEETMESH_LAB_LOCKED:-}" ] && [ "${1:-}" != status ]; then
+  command -v flock >/dev/null || die "flock is missing; apt-get install util-linux"
+  export FLEETMESH_LAB_LOCKED=1
+  exec flock "${FLEETMESH_LAB_LOCK:-/var/tmp/fleetmesh-lab.lock}" "$0" "$@"
+fi
 
 names_for() { # N -> "name ip family" lines
   local n="$1" ndeb nel i
