@@ -3,7 +3,9 @@
 Issue 16 §1-3: every VM's Envoy serves /stats/prometheus (and nothing else) on its stats listener;
 playbooks/prometheus_targets.yml writes the file_sd targets from the inventory; a Prometheus server on loopback,
 with the shipped scrape config and alerting rules, sees every VM up with the inventory's labels, and the
-version-drift alert fires while one VM of the service runs another Envoy version (a canary) and clears after."""
+version-drift alert fires while one VM of the service runs another Envoy version (a canary) and clears after, and
+the certificate-expiry alert fires after rotate_certs.yml issues certificates with a short lifetime (Envoy serves
+them on a TLS listener) and clears after a rotation with the default lifetime."""
 
 from __future__ import annotations
 
@@ -29,6 +31,13 @@ RULES = ROOT / 'docs' / 'prometheus' / 'fleetmesh-envoy.rules.yml'
 SCRAPE = ROOT / 'docs' / 'prometheus' / 'scrape.yml'
 OS_FAMILY = {'fm-deb-1': 'Debian', 'fm-deb-2': 'Debian', 'fm-el-1': 'RedHat'}
 CANARY = 'fm-deb-1'
+# The lab's listener and a TLS one with the workload certificates, so that Envoy loads them (its
+# envoy_server_days_until_first_cert_expiring gauge is what the certificate-expiry alert watches).
+TLS_LISTENERS = {'envoy_listeners': [
+    {'name': 'ingress', 'address': '0.0.0.0', 'port': 10000, 'routes': [{'prefix': '/', 'cluster': 'local_app'}]},
+    {'name': 'mtls_in', 'address': '0.0.0.0', 'port': 15443, 'tls': {'cert_dir': '/etc/certs'},
+     'routes': [{'prefix': '/', 'direct_response': {'status': 200, 'body': 'ok'}}]}]}
+SHORT_FOR = ('FleetmeshEnvoyVersionDrift', 'FleetmeshCertificateExpiringSoon')
 
 
 def _open(url: str, timeout: float = 5.0) -> tuple[int, str]:
@@ -62,12 +71,13 @@ class Prometheus:
         job['file_sd_configs'][0]['refresh_interval'] = '2s'
         job['scrape_interval'] = '2s'
         job['scrape_timeout'] = '2s'
-        # the shipped rules, with the version-drift alert's 30 minutes shortened so the test can watch it
+        # the shipped rules, with the version-drift alert's 30 minutes (certificate expiry: 5) shortened so the test
+        # can watch them
         rules = yaml.safe_load(RULES.read_text())
         for group in rules['groups']:
             group['interval'] = '2s'
             for rule in group['rules']:
-                if rule['alert'] == 'FleetmeshEnvoyVersionDrift':
+                if rule['alert'] in SHORT_FOR:
                     rule['for'] = '4s'
         (workdir / 'rules.yml').write_text(yaml.safe_dump(rules))
         config['rule_files'] = [str(workdir / 'rules.yml')]
@@ -121,14 +131,26 @@ class Prometheus:
                 self.process.wait(timeout=10)
 
 
+def rotate(ca: Path, **kw) -> None:
+    """rotate_certs.yml on the lab with a lab CA; Envoy instances that use the certificates are hot-restarted."""
+    run = playbook('rotate_certs.yml', *extra(rotate_certs_hosts='lab', workload_certs_lab_ca_dir=str(ca),
+                                              workload_certs_sans=['{{ inventory_hostname }}'], **TLS_LISTENERS,
+                                              **kw))
+    assert run.rc == 0, run.out[-5000:]
+
+
 @pytest.fixture(scope='module')
-def envoy_lab():
+def envoy_lab(tmp_path_factory):
     need('podman', "run 'make setup' (apt-get install podman runc)")
     lab_up(3)
     app = playbook('lab_app.yml')
     assert app.rc == 0, app.out[-3000:]
-    run = playbook('envoy.yml')
+    ca = tmp_path_factory.mktemp('lab-ca') / 'ca'
+    rotate(ca)  # certificates of the default lifetime (30 days) first: the TLS listener needs them
+    run = playbook('envoy.yml', *extra(**TLS_LISTENERS))
     assert run.rc == 0, run.out[-5000:]
+    yield ca
+    playbook('envoy.yml')  # the lab's own listeners again
 
 
 @pytest.fixture(scope='module')
@@ -214,7 +236,7 @@ def test_version_drift_alert_fires_during_a_canary_and_clears_after(prometheus):
     time.sleep(8)
     assert _drift_alert(prometheus) == [], 'drift alert fires with one version'
     try:
-        canary = playbook('envoy.yml', *extra(target=CANARY, envoy_version='1.39.3'))
+        canary = playbook('envoy.yml', *extra(target=CANARY, envoy_version='1.39.3', **TLS_LISTENERS))
         assert canary.rc == 0, canary.out[-4000:]
         firing = prometheus.wait_for('ALERTS{alertname="FleetmeshEnvoyVersionDrift", alertstate="firing"}',
                                      lambda r: len(r) == 1, seconds=120)
@@ -222,8 +244,24 @@ def test_version_drift_alert_fires_during_a_canary_and_clears_after(prometheus):
         versions = prometheus.query('count by (service) (count_values by (service) ("v", envoy_server_version))')
         assert versions[0]['value'][1] == '2'
     finally:
-        rollout = playbook('envoy.yml', *extra(target=CANARY, envoy_version='1.40.0'))
+        rollout = playbook('envoy.yml', *extra(target=CANARY, envoy_version='1.40.0', **TLS_LISTENERS))
     assert rollout.rc == 0, rollout.out[-4000:]
     prometheus.wait_for('ALERTS{alertname="FleetmeshEnvoyVersionDrift"}', lambda r: r == [], seconds=120)
     # every VM still scraped after the restarts
     prometheus.wait_for('up{job="fleetmesh-envoy"} == 1', lambda r: len(r) == len(LAB_HOSTS))
+
+
+def test_certificate_expiry_alert_fires_after_a_short_lifetime_and_clears_after_rotation(prometheus, envoy_lab):
+    days = 'envoy_server_days_until_first_cert_expiring{job="fleetmesh-envoy"}'
+    prometheus.wait_for(days, lambda r: len(r) == len(LAB_HOSTS) and all(float(s['value'][1]) >= 29 for s in r))
+    assert prometheus.query('ALERTS{alertname="FleetmeshCertificateExpiringSoon"}') == []
+    try:
+        rotate(envoy_lab, workload_certs_lifetime='2h')  # re-issued (they outlive 2 h), Envoy hot-restarted
+        firing = prometheus.wait_for('ALERTS{alertname="FleetmeshCertificateExpiringSoon", alertstate="firing"}',
+                                     lambda r: len(r) == len(LAB_HOSTS), seconds=120)
+        assert {s['metric']['instance'] for s in firing} == set(LAB_HOSTS)
+        assert all(s['metric']['service'] == 'web' for s in firing)
+    finally:
+        rotate(envoy_lab)  # the default lifetime: 2 h left is near expiry, so re-issued
+    prometheus.wait_for('ALERTS{alertname="FleetmeshCertificateExpiringSoon"}', lambda r: r == [], seconds=120)
+    prometheus.wait_for(days, lambda r: len(r) == len(LAB_HOSTS) and all(float(s['value'][1]) >= 29 for s in r))
