@@ -10,7 +10,11 @@ EndpointSlice shape, traffic running throughout, one row per fault:
 For each row: the run fails and its summary and report say what happened (never "complete"); every reachable host
 ends LIVE on exactly one version with its health check on and registered ready (EndpointSlice endpoint ready) - for
 the API rows once the API server is back; 0 failed requests to the healthy hosts; a plain re-run (the fault gone)
-converges, and one more run reports changed=0.
+converges, and one more run reports changed=0. upgrade.yml prints one progress line per batch.
+
+The same module ends with the fleet report on 7 VMs (issue 16): the lab grows to 7 (the 5 above, already up and
+registered, and 2 more), and status.yml shows each problem - a stopped VM, Envoy down, a VM not registered, a short
+certificate lifetime, version drift - in the table, the page (opened in headless Chromium) and the JSON.
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ import threading
 import time
 from pathlib import Path
 
+import jsonschema
 import kubeapi  # tests/harness is put on sys.path by conftest.py
 import pytest
 from kubeapi_pytest import own_kube_api
 
-from tests.integration.labutil import RECAP, ROOT, Run, Traffic, env, extra, lab_up, playbook
+from tests.conftest import need
+from tests.integration.labutil import RECAP, ROOT, Run, Traffic, env, extra, lab_up, on_hosts, playbook
+from tests.unit.report_fixtures import SCHEMA, check_page_against_json, chromium
 
 pytestmark = [pytest.mark.lab, pytest.mark.kube, pytest.mark.slow]
 NS = "fleet-lab"  # inventories/lab/group_vars/web.yml
@@ -221,6 +228,8 @@ def test_fault_row(lab, row, tmp_path):
             assert f"rolled back to {OLD}" in run.out, (failure, f"see {log}")
             assert {r["host"]: r["result"] for r in data["hosts"]}[CANARY] == "rolled back"
             assert {r["host"]: r["registered_ready"] for r in data["hosts"]}[CANARY] is True
+            # the canary batch's progress line, as it went
+            assert f"Rollout to {NEW}: batch 1 of 3 done ({CANARY}): 0/5 hosts done, 1 failed, " in run.out
         elif row == "vm_stopped":
             rows = {r["host"]: r for r in data["hosts"]}
             assert rows["fm-deb-4"]["result"] == "unreachable", rows
@@ -273,6 +282,11 @@ def test_fault_row(lab, row, tmp_path):
     assert again.rc == 0, again.out[-6000:]
     assert report_of(report)["result"] == "complete"
     assert f"Rollout to {NEW} complete on {len(HOSTS)} hosts" in again.out
+    # one progress line per batch (serial 1, 34%, 100% of 5 hosts: 1, 1, 3), before the summary
+    progress = re.findall(rf"Rollout to {re.escape(NEW)}: batch (\d) of (\d) done \(.*?\): (\d)/5 hosts done, "
+                          r"(\d) failed, \d+s elapsed", again.out)
+    assert progress == [("1", "3", "1", "0"), ("2", "3", "2", "0"), ("3", "3", "5", "0")], progress
+    assert again.out.index("batch 3 of 3 done") < again.out.index(f"Rollout to {NEW} complete")
     assert envoy_state() == {h: (NEW, "LIVE", NEW) for h in HOSTS}
     ready = slice_ready(api)
     assert {HOSTS[h]: ready[HOSTS[h]] for h in HOSTS} == dict.fromkeys(HOSTS.values(), True), ready
@@ -280,3 +294,79 @@ def test_fault_row(lab, row, tmp_path):
     third = playbook(*args)
     assert third.rc == 0, third.out[-4000:]
     assert {h: r["changed"] for h, r in third.recap.items()} == {h: 0 for h in third.recap}, third.out[-4000:]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the fleet report on 7 VMs: each problem in the table, the page and the JSON
+# --------------------------------------------------------------------------------------------------------------
+
+SEVEN = {**HOSTS, "fm-deb-5": "10.213.77.15", "fm-el-2": "10.213.77.52"}
+PROBLEM_OF = {"fm-deb-4": "unreachable", "fm-deb-5": "envoy_down", "fm-el-2": "not_registered",
+              "fm-deb-3": "cert_expiring", "fm-deb-2": "version_drift"}
+
+
+def test_fleet_report_on_seven_vms(lab, tmp_path):
+    api, registration = lab
+    lab_up(7)  # the five of this module stay; fm-deb-5 and fm-el-2 join
+    new = "fm-deb-5,fm-el-2"
+    run = playbook("lab_app.yml", *extra(target=new))
+    assert run.rc == 0, run.out[-3000:]
+    # every VM on NEW but fm-deb-2 (a canary left on OLD: version drift), in one run
+    drift = f"{{{{ '{OLD}' if inventory_hostname == 'fm-deb-2' else '{NEW}' }}}}"
+    run = playbook("envoy.yml", *extra(envoy_version=drift))
+    assert run.rc == 0, run.out[-4000:]
+    # registered: all but fm-el-2
+    run = playbook("register.yml", "--limit", "lab:!fm-el-2", *extra(**registration))
+    assert run.rc == 0, run.out[-4000:]
+    # certificates: a 2 h one on fm-deb-3, none elsewhere (what other modules left is removed)
+    on_hosts("rm -f /etc/certs/cert-chain.pem")
+    ca = tmp_path / "ca"
+    run = playbook("rotate_certs.yml", *extra(rotate_certs_hosts="fm-deb-3", workload_certs_lab_ca_dir=str(ca),
+                                              workload_certs_lifetime="2h", workload_certs_reload_detect=False,
+                                              workload_certs_sans=["{{ inventory_hostname }}"]))
+    assert run.rc == 0, run.out[-4000:]
+    # Envoy down on fm-deb-5, fm-deb-4 stopped
+    podman("exec", "fm-deb-5", "systemctl", "stop", "fleetmesh-envoy@main.service")
+    podman("stop", "-t", "0", "fm-deb-4")
+    try:
+        out = tmp_path / "status"
+        run = playbook("status.yml", *extra(target="lab", status_report_dir=str(out), **registration))
+    finally:
+        podman("start", "fm-deb-4")
+    log = ROOT / ".build" / "test-fleet-report-7vm.log"
+    log.write_text(run.out)
+    assert run.rc == 0, run.out[-5000:]
+
+    # the JSON: valid against the schema, each problem on its host, problem hosts first
+    report = json.loads((out / "report.json").read_text())
+    jsonschema.validate(report, SCHEMA)
+    rows = {r["host"]: r for r in report["hosts"]}
+    assert set(rows) == set(SEVEN), sorted(rows)
+    kinds = {h: [p["kind"] for p in r["problems"]] for h, r in rows.items()}
+    for host, kind in PROBLEM_OF.items():
+        assert kinds[host] == [kind], (host, kinds[host], rows[host])
+    assert kinds["fm-deb-1"] == [] and kinds["fm-el-1"] == [], kinds
+    assert report["summary"]["problems"] == dict.fromkeys(
+        ["unreachable", "envoy_down", "not_registered", "cert_expiring", "version_drift"], 1), report["summary"]
+    assert [r["host"] for r in report["hosts"]][:5] == ["fm-deb-4", "fm-deb-5", "fm-el-2", "fm-deb-3", "fm-deb-2"]
+    assert rows["fm-deb-3"]["cert_days_left"] < 0.1 and rows["fm-deb-2"]["envoy_version"] == OLD
+    assert rows["fm-el-2"]["registration"] == "not registered"
+    assert rows["fm-deb-1"]["registration"] == "EndpointSlice ready"
+    assert json.loads((out / "status.json").read_text()) == report["hosts"]
+
+    # the table: within 100 columns (8 of the debug indent + 92), one line per host, each problem named
+    table = run.out[run.out.index("7 hosts in 1 service(s): 5 with problems, 2 ok"):].split("\n\n")[0]
+    lines = [line[8:] if line.startswith(" " * 8) else line for line in table.splitlines()]
+    assert all(len(" " * 8 + line) <= 100 for line in lines), [len(line) for line in lines]
+    by_host = {line.split()[0]: line for line in lines[3:3 + 7]}
+    assert list(by_host) == [r["host"] for r in report["hosts"]], lines
+    expect = {"fm-deb-4": "unreachable", "fm-deb-5": "Envoy down", "fm-el-2": "unregistered",
+              "fm-deb-3": "cert 0d", "fm-deb-2": "drift"}
+    for host, word in expect.items():
+        assert by_host[host].endswith(word), (host, by_host[host])
+
+    # the page, rendered by a real browser: problem hosts first, the counts of the JSON
+    binary = need("chromium-headless-shell", "run 'make setup' (apt-get install chromium-headless-shell)")
+    dom = chromium(binary, out / "status.html", ROOT / ".build" / "fleet-report-7vm.png")
+    page = check_page_against_json(dom, report)
+    assert [h for h, _k in page.rows["problems"]] == list(PROBLEM_OF)
