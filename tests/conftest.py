@@ -2,8 +2,8 @@
 
 * No silent skips in CI: with CI=true a skipped test is reported as a failure.
 * `need(tool)` fails with a message naming the missing tool and how to get it.
-* One lab per machine: the lab network, its VM names and the molecule containers are machine-wide, so the first
-  integration or molecule test of a session takes an exclusive lock (LAB_LOCK) and holds it until the session ends;
+* One lab per machine: the lab network, its VM names and the molecule containers are machine-wide, so a session that
+  collected an integration or molecule test takes an exclusive lock (LAB_LOCK) and holds it until the session ends;
   a second pytest (another checkout, another terminal) waits, saying for what, instead of replacing the lab under
   the first one. Processes started while the lock is held inherit FLEETMESH_LAB_LOCKED and do not take it again.
 """
@@ -62,8 +62,8 @@ def _take_lab_lock() -> None:
     os.environ["FLEETMESH_LAB_LOCKED"] = "1"
 
 
-@pytest.fixture(autouse=True)
-def _lab_lock(request):
-    """Integration and molecule tests run with the machine's lab lock held (see the module docstring)."""
-    if any(Path(str(request.node.path)).is_relative_to(d) for d in _LAB_DIRS):
+def pytest_collection_finish(session):
+    """Take the machine's lab lock before any fixture runs when an integration or molecule test was collected
+    (module-scoped lab fixtures start VMs before any function-scoped fixture could take it)."""
+    if any(Path(str(item.path)).is_relative_to(d) for item in session.items for d in _LAB_DIRS):
         _take_lab_lock()
