@@ -125,23 +125,17 @@ class ActionModule(ControllerAction):
         return out
 
     def _token_requests(self, args, keys, audience):
-        # One client for the play; the Kubernetes code is imported here so the host module stays small.
-        from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import k8s
-        if not k8s.HAS_KUBERNETES:
-            raise istio.TokenError('the Python package kubernetes is needed on the controller for TokenRequest '
-                                   '(pip install kubernetes), or give a pre-made token')
+        # One client for the play; the Kubernetes layer is imported here so the host module stays small.
+        from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.kube import client as kube
+        resource = kube.Resource(*istio.TOKEN_RESOURCE)
         try:
-            client = k8s.client_from_params(args, parallel=min(len(keys), 8))
-        except k8s.KubeError as err:
-            raise istio.TokenError(err.message) from None
-        resource = k8s.Resource(*istio.TOKEN_RESOURCE)
+            client = kube.client_from_params(args, parallel=min(len(keys), 8))
 
-        def make_error(resp, verb, namespace, name):
-            return client.error(resp, verb, resource, namespace, name)
+            def make_error(resp, verb, namespace, name):
+                return client.error(resp, verb, resource, namespace, name)
 
-        try:
             return istio.request_tokens(client, keys, audience, args['expiration'], make_error)
-        except k8s.KubeError as err:
+        except kube.KubeError as err:
             raise istio.TokenError(err.message) from None
 
     @staticmethod

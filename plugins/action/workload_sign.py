@@ -20,6 +20,8 @@ from ansible.errors import AnsibleError
 from ansible.utils.display import Display
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import ca as ca_lib, model, pki
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.duration import parse_duration
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.kube import client as kube_client
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.kube.args import AUTH_ARGUMENT_SPEC
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.validation import (
     ALLOWED_DURATION,
     WORKLOAD_CERTS_SOURCES,
@@ -43,12 +45,14 @@ ARGUMENT_SPEC = {
     'ca_key': {'type': 'path', 'no_log': False},
     'ca_chain': {'type': 'path'},
     'lab_ca_dir': {'type': 'path', 'default': '~/.fleetmesh/lab-ca'},
-    'kubeconfig': {'type': 'path'},
-    'kube_context': {'type': 'str'},
     'secret_namespace': {'type': 'str', 'default': 'istio-system'},
     'secret_name': {'type': 'str', 'default': 'cacerts', 'no_log': False},
     'legacy_secret_name': {'type': 'str', 'default': 'istio.default', 'no_log': False},
 }
+# The Kubernetes options of the action group, but ca_cert is the signing CA here: the API server's is ssl_ca_cert.
+ARGUMENT_SPEC.update((name, spec) for name, spec in AUTH_ARGUMENT_SPEC.items() if name != 'ca_cert')
+ARGUMENT_SPEC['ssl_ca_cert'] = {'type': 'path'}
+SECRET = kube_client.Resource('', 'v1', 'Secret', 'secrets', True)
 
 
 class SignError(AnsibleError):
@@ -62,45 +66,29 @@ def _text(value):
 
 
 class KubeSecrets:
-    """Reads Secrets with the kubernetes Python client, one API client per task."""
+    """Reads Secrets through the collection's Kubernetes layer, one client per task."""
 
-    def __init__(self, kubeconfig, context):
+    def __init__(self, args):
         try:
-            from kubernetes import client, config
-            from kubernetes.client.rest import ApiException
-        except ImportError as err:
-            raise SignError('the Python package kubernetes is needed on the controller to read Secrets: %s' % err) \
-                from err
-        self._client_module = client
-        self._api_exception = ApiException
-        path = os.path.expanduser(kubeconfig or '~/.kube/config')
-        if not os.path.exists(path):
-            raise SignError('kubeconfig %s does not exist on the controller' % path)
-        try:
-            self._api = config.new_client_from_config(config_file=path, context=context or None)
-        except Exception as err:  # ConfigException and friends; their text names files and contexts only
-            raise SignError('cannot load kubeconfig %s: %s' % (path, type(err).__name__)) from None
+            self._client = kube_client.client_from_params(dict(args, ca_cert=args.get('ssl_ca_cert')), parallel=1)
+        except kube_client.KubeError as err:
+            raise SignError(err.message) from None
         self._cache = {}
 
     def read(self, namespace, name):
         key = (namespace, name)
         if key not in self._cache:
-            core = self._client_module.CoreV1Api(self._api)
             try:
-                secret = core.read_namespaced_secret(name, namespace)
-            except self._api_exception as err:
-                raise SignError('cannot read Secret %s/%s: HTTP %s %s' % (namespace, name, err.status, err.reason)) \
-                    from None
-            except Exception as err:  # connection errors; never echo the request (it carries the credentials)
-                raise SignError('cannot read Secret %s/%s: %s' % (namespace, name, type(err).__name__)) from None
-            self._cache[key] = dict((item, base64.b64decode(value)) for item, value in (secret.data or {}).items())
+                secret = self._client.get(SECRET, namespace, name)
+            except kube_client.KubeError as err:
+                raise SignError('cannot read Secret %s/%s: %s' % (namespace, name, err.message)) from None
+            if secret is None:
+                raise SignError('cannot read Secret %s/%s: it does not exist' % (namespace, name))
+            self._cache[key] = dict((item, base64.b64decode(value)) for item, value in (secret.get('data') or {}).items())
         return self._cache[key]
 
     def close(self):
-        try:
-            self._api.close()
-        except Exception:  # pragma: no cover - best effort
-            pass
+        self._client.close()
 
 
 class ActionModule(ControllerAction):
@@ -116,7 +104,7 @@ class ActionModule(ControllerAction):
                 raise SignError('workload_sign signs the CSRs of all hosts of the play in one task; '
                                 'add run_once: true to the task')
             if args['source'] == 'legacy_secret':
-                kube = KubeSecrets(args['kubeconfig'], args['kube_context'])
+                kube = KubeSecrets(args)
                 result.update(self._legacy(args, task_vars, kube))
                 return result
             ca, created = self._load_ca(args, check_mode)
@@ -169,7 +157,7 @@ class ActionModule(ControllerAction):
                     raise SignError('cannot read %s %s on the controller: %s' % (name, path, err.strerror)) from None
             return ca_lib.CA(texts['ca_cert'], texts['ca_key'], texts.get('ca_chain'), None,
                              'CA files %s' % args['ca_cert']), False
-        kube = KubeSecrets(args['kubeconfig'], args['kube_context'])
+        kube = KubeSecrets(args)
         try:
             data = kube.read(args['secret_namespace'], args['secret_name'])
         finally:

@@ -158,8 +158,9 @@ except ImportError:  # older ansible-core: plain values are not templated either
     trust_as_template = None
     from ansible.utils.unsafe_proxy import wrap_var
 
-from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import k8s
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import registration as reg
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.kube import client as kube
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.kube.args import AUTH_ARGUMENT_SPEC
 
 HOST_INFO_ANNOTATION = 'fleetmesh.envoy/host-info'
 ENVOY_VERSION_KEY = 'fleetmesh.envoy/envoy-version'
@@ -369,17 +370,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             self._cache[cache_key] = records
         self.populate(records)
 
-    def _client(self):
-        if not k8s.HAS_KUBERNETES:
-            raise AnsibleError('the fleetmesh.envoy.workloads inventory needs the Python library kubernetes on the '
-                               'controller (pip install kubernetes): %s' % k8s.KUBERNETES_IMPORT_ERROR)
-        params = dict((name, self.get_option(name)) for name in k8s.AUTH_ARGUMENT_SPEC)
-        return k8s.client_from_params(params)
-
     def fetch(self):
         """Every host record of the owned objects (one list request per kind, or per kind and namespace)."""
         try:
-            client = self._client()
+            client = kube.client_from_params(dict((name, self.get_option(name)) for name in AUTH_ARGUMENT_SPEC))
             wanted = [(kind, reg.KINDS[kind][0], reg.KINDS[kind][1], False) for kind in self.get_option('kinds')]
             resources = client.discover(wanted)
             selector = '%s=%s' % (reg.MANAGED_BY_LABEL, reg.MANAGED_BY)
@@ -394,7 +388,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                     raise error
                 for obj in items:
                     records.extend(records_from(obj))
-        except k8s.KubeError as exc:
+        except kube.KubeError as exc:
             raise AnsibleParserError('fleetmesh.envoy.workloads: %s' % exc.message) from None
         missing = [kind for kind in self.get_option('kinds') if kind not in resources]
         if missing:

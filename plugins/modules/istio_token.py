@@ -105,6 +105,7 @@ options:
     choices: ["0400", "0600"]
 extends_documentation_fragment:
   - fleetmesh.envoy.k8s_auth
+  - fleetmesh.envoy.k8s_auth.action_group
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow
 attributes:
@@ -212,7 +213,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import istio
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.files import atomic_write
-from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.k8s import AUTH_ARGUMENT_SPEC
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.kube.args import AUTH_ARGUMENT_SPEC
 
 
 def _read(path):

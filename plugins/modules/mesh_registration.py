@@ -248,6 +248,7 @@ options:
     default: 8
 extends_documentation_fragment:
   - fleetmesh.envoy.k8s_auth
+  - fleetmesh.envoy.k8s_auth.action_group
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
@@ -396,10 +397,12 @@ requests:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import k8s
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import reconcile
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import registration as reg
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.kube import client as kube
+from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.kube.args import AUTH_ARGUMENT_SPEC
 
 
 def argument_spec():
@@ -438,9 +441,9 @@ def argument_spec():
         cluster_domain=dict(type='str', default='cluster.local'),
         force=dict(type='bool', default=False),
         adopt=dict(type='bool', default=False),
-        parallel=dict(type='int', default=k8s.DEFAULT_PARALLEL),
+        parallel=dict(type='int', default=kube.DEFAULT_PARALLEL),
     )
-    spec.update(k8s.AUTH_ARGUMENT_SPEC)
+    spec.update(AUTH_ARGUMENT_SPEC)
     return spec
 
 
@@ -454,25 +457,24 @@ def main():
     cfg, errors = reg.normalize(params)
     if not errors and cfg.state == 'present':
         errors = reg.duplicate_names(reg.build_full(cfg, _PLACEHOLDER_VERSIONS))
-    if not 1 <= params['parallel'] <= k8s.MAX_PARALLEL:
-        errors.append('parallel: %d is not allowed; allowed: integer 1-%d' % (params['parallel'], k8s.MAX_PARALLEL))
+    if not 1 <= params['parallel'] <= kube.MAX_PARALLEL:
+        errors.append('parallel: %d is not allowed; allowed: integer 1-%d' % (params['parallel'], kube.MAX_PARALLEL))
     if errors:
         module.fail_json(msg='invalid input, nothing was applied: ' + '; '.join(errors), errors=errors, **result)
-    if not k8s.HAS_KUBERNETES:
-        module.fail_json(msg=missing_required_lib('kubernetes'), exception=k8s.KUBERNETES_IMPORT_ERROR, **result)
 
     try:
         # 2. One client, one discovery of only what this run can touch.
-        client = k8s.client_from_params(params, parallel=params['parallel'])
+        client = kube.client_from_params(params, parallel=params['parallel'])
         result['api_url'] = client.url
         needed = reg.required_kinds(cfg.shapes, cfg.legacy_endpoints, cfg.workload_group)
         wanted = [(kind, group, versions, kind in needed) for kind, (group, versions, _plural) in reg.KINDS.items()]
-        resources = client.discover(wanted)
-        api_versions = dict((kind, k8s.api_version(res)) for kind, res in resources.items())
+        resources = client.discover(wanted, hint=': install the CRDs of the shapes in mesh_registration_shapes (Istio '
+                                    'for WorkloadEntry/WorkloadGroup/ServiceEntry, Contour for HTTPProxy)')
+        api_versions = dict((kind, kube.api_version(res)) for kind, res in resources.items())
         namespaces = sorted(set(ep.namespace for ep in cfg.endpoints if ep.namespace) |
                             set(p['namespace'] for p in cfg.httpproxies))
         # 3. What this registration set owns now.
-        live, warnings = k8s.list_owned(client, resources, cfg.registration, namespaces)
+        live, warnings = reconcile.list_owned(client, resources, cfg.registration, namespaces)
         for warning in warnings:
             module.warn(warning)
         plan = reg.plan(cfg, api_versions, live)
@@ -484,16 +486,16 @@ def main():
         for warning in reg.host_info_warnings(cfg, plan.desired):
             module.warn(warning)
         # 4. Apply what differs, delete what is no longer desired.
-        outcome = k8s.reconcile(client, resources, plan.desired, live, plan.delete, plan.prune_all,
-                                cfg.registration, force=params['force'], adopt=params['adopt'],
-                                check_mode=module.check_mode, want_diff=module._diff)
-    except k8s.KubeError as exc:
+        outcome = reconcile.reconcile(client, resources, plan.desired, live, plan.delete, plan.prune_all,
+                                      cfg.registration, force=params['force'], adopt=params['adopt'],
+                                      check_mode=module.check_mode, want_diff=module._diff)
+    except kube.KubeError as exc:
         if 'client' in locals():
             result['requests'] = client.requests
         module.fail_json(msg=exc.message, **dict(result, **exc.details))
     except Exception as exc:  # pylint: disable=broad-except
-        module.fail_json(msg='%s: %s' % (type(exc).__name__, k8s._redact(str(exc))),
-                         exception=k8s._redact(traceback.format_exc()), **result)
+        module.fail_json(msg='%s: %s' % (type(exc).__name__, kube.redact(str(exc))),
+                         exception=kube.redact(traceback.format_exc()), **result)
 
     for warning in client.warnings:
         # Listing Endpoints (to prune them) warns on every run; say it only when asked to write them.
@@ -512,6 +514,9 @@ def invocation(module):
     for name in ('api_key', 'client_key'):
         if args.get(name) is not None:
             args[name] = 'VALUE_SPECIFIED_IN_NO_LOG_PARAMETER'
+    if args.get('proxy_headers'):
+        args['proxy_headers'] = dict((k, v if v is None or k == 'user_agent' else 'VALUE_SPECIFIED_IN_NO_LOG_PARAMETER')
+                                     for k, v in args['proxy_headers'].items())
     endpoints = args.get('endpoints') or []
     if len(endpoints) > INVOCATION_ENDPOINTS:
         hosts = [e.get('host') for e in endpoints if isinstance(e, dict)]

@@ -45,8 +45,8 @@ options:
         an EC P-256 root (10 years) and an intermediate (5 years) that signs. For labs and tests.
       - V(files) reads O(ca_cert), O(ca_key) and optionally O(ca_chain) from the controller.
       - V(kubernetes) reads a Secret in Istio's plug-in C(cacerts) layout (C(ca-cert.pem), C(ca-key.pem),
-        C(root-cert.pem), C(cert-chain.pem)) named O(secret_name) in O(secret_namespace) with the C(kubernetes)
-        Python client and O(kubeconfig).
+        C(root-cert.pem), C(cert-chain.pem)) named O(secret_name) in O(secret_namespace) through the collection's
+        Kubernetes layer, with O(kubeconfig) and the other Kubernetes options.
       - V(legacy_secret) is the old way, for migrations only. It signs nothing, it copies C(root-cert.pem),
         C(cert-chain.pem) and C(key.pem) out of the Secret O(legacy_secret_name) in each host's
         C(fleetmesh_namespace). The private key passes through the controller, so the task warns, and the
@@ -75,6 +75,14 @@ options:
     description:
       - With O(source=files), PEM file of the signing CA certificate on the controller (more certificates after the
         first are taken as its chain).
+      - Not the API server's CA, unlike O(ca_cert) of the other modules of the action group C(fleetmesh.envoy.kube);
+        that one is O(ssl_ca_cert) here. Give it as O(ssl_ca_cert) in C(module_defaults) for the group.
+    type: path
+    aliases: []
+  ssl_ca_cert:
+    description:
+      - With O(source=kubernetes) or O(source=legacy_secret), path of the CA bundle that signed the API server's
+        certificate, overriding the kubeconfig's.
     type: path
   ca_key:
     description:
@@ -90,14 +98,6 @@ options:
       - With O(source=lab_ca), the controller directory of the lab CA (mode V(0700), keys V(0600)), created on first use.
     type: path
     default: ~/.fleetmesh/lab-ca
-  kubeconfig:
-    description:
-      - With O(source=kubernetes) or O(source=legacy_secret), the kubeconfig on the controller. Default C(~/.kube/config).
-    type: path
-  kube_context:
-    description:
-      - Context of O(kubeconfig) to use. Default is its current context.
-    type: str
   secret_namespace:
     description:
       - With O(source=kubernetes), namespace of the C(cacerts) Secret.
@@ -116,6 +116,8 @@ options:
     default: istio.default
 notes:
   - Needs the Python package C(cryptography) on the controller, and C(kubernetes) for the Secret sources.
+  - The Kubernetes options (O(kubeconfig) and the rest) are used with O(source=kubernetes) and O(source=legacy_secret)
+    only.
   - In check mode a missing lab CA is generated in memory only; signing itself changes nothing outside the controller's
     memory and runs in check mode too, so that the install tasks can show their diff.
   - Reports V(changed) when it issued the certificate of the host the task runs as (the first host of the play,
@@ -123,6 +125,8 @@ notes:
     RV(signed) lists every host it issued a certificate for.
 extends_documentation_fragment:
   - fleetmesh.envoy.attributes.controller
+  - fleetmesh.envoy.k8s_auth
+  - fleetmesh.envoy.k8s_auth.action_group
 attributes:
   bypass_host_loop:
     details: Use C(run_once=true); the one run signs for every host of the play.

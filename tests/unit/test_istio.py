@@ -100,7 +100,7 @@ class FakeClient:
         for item in items:
             try:
                 out.append((item, fn(item), None))
-            except Exception as exc:  # noqa: BLE001 - as k8s.KubeClient.map
+            except Exception as exc:  # noqa: BLE001 - as kube.client.KubeClient.map
                 out.append((item, None, exc))
         return out
 

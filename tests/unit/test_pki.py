@@ -711,14 +711,20 @@ def test_host_side_code_parses_as_python_38(path):
 
 
 def _module_utils_closure(path: Path, seen: set) -> set:
-    """Names of the collection's module_utils a plugin file imports, directly or through other module_utils."""
+    """Names of the collection's module_utils a plugin file imports, directly or through other module_utils
+    (dotted below _fleetmesh: "pki", "kube.client")."""
     base = "ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh"
+    root = PLUGINS / "module_utils" / "_fleetmesh"
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(base):
-            names = [a.name for a in node.names] if node.module == base else [node.module.rsplit(".", 1)[1]]
+            package = node.module[len(base):].strip(".")
+            names = []
+            for alias in node.names:  # a module of the package, or a name defined in the module itself
+                name = ".".join(filter(None, [package, alias.name]))
+                names.append(name if (root / (name.replace(".", "/") + ".py")).exists() else package)
             for name in set(names) - seen:
                 seen.add(name)
-                _module_utils_closure(PLUGINS / "module_utils" / "_fleetmesh" / f"{name}.py", seen)
+                _module_utils_closure(root / (name.replace(".", "/") + ".py"), seen)
     return seen
 
 

@@ -8,8 +8,8 @@
 """The istio-token of a VM: what the host holds (decoded without verifying, never printed) and
 how the controller asks the Kubernetes TokenRequest API for new ones, one request per service account.
 
-Nothing here imports the Kubernetes client: ``request_tokens`` takes a client object with
-``request(method, path, body=...)`` and ``map(fn, items)`` (``k8s.KubeClient``) so that the host
+Nothing here imports the Kubernetes layer: ``request_tokens`` takes a client object with
+``request(method, path, body=...)`` and ``map(fn, items)`` (``kube.client.KubeClient``) so that the host
 side module that decodes tokens stays small.
 """
 
@@ -133,7 +133,7 @@ def check_expiration(expiration: Any, refresh_before: Any) -> List[str]:
 # TokenRequest, on the controller
 # --------------------------------------------------------------------------------------------
 
-# Resource of TokenRequest, in the shape k8s.KubeClient.error() takes (group, version, kind, plural, namespaced).
+# Resource of TokenRequest, in the shape kube.client.KubeClient.error() takes (group, version, kind, plural, namespaced).
 TOKEN_RESOURCE = ('', 'v1', 'TokenRequest', 'serviceaccounts/token', True)
 
 
