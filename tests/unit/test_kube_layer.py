@@ -1,7 +1,8 @@
 """The one Kubernetes layer (plugins/module_utils/_fleetmesh/kube/ and reconcile.py) without an API server:
 kubeconfig loading and every kind of credential through the kubernetes package (token files, client certificates,
 exec plugins with refresh, OIDC, proxies, K8S_AUTH_* environment), managed-field comparison, error messages, and
-reconcile against a fake client. tests/integration/test_kube_layer_apiserver.py runs it against the real kube-apiserver."""
+reconcile against a fake client. tests/integration/test_kube_layer_apiserver.py runs it against the real
+kube-apiserver."""
 
 from __future__ import annotations
 
