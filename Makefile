@@ -41,17 +41,24 @@ lab-up: setup doctor
 
 lab-down:
 	@tools/lab/lab.sh down
+	-@python3 tests/harness/contour.py stop --state-dir $(ROOT)/.lab/contour --kube-state-dir $(ROOT)/.lab/kube >/dev/null 2>&1
 	-@python3 tests/harness/kubeapi.py stop --state-dir $(ROOT)/.lab/kube >/dev/null 2>&1
 
-# The demo's Kubernetes API: the real kube-apiserver on loopback, left running for a look
-# afterwards (make demo-down stops it with the lab).
+# The demo's Kubernetes API: the real kube-apiserver on loopback, and the cluster's ingress: a real Contour
+# (contour serve + its Envoy, on free loopback ports), both left running for a look afterwards (make demo-down
+# stops them with the lab). The ingress's HTTP port is in .lab/contour.env (CONTOUR_HTTP_PORT).
 DEMO_KUBE := $(ROOT)/.lab/kube
+DEMO_CONTOUR := $(ROOT)/.lab/contour
 demo: setup doctor kube-build lab-up
-	python tests/harness/kubeapi.py start --state-dir $(DEMO_KUBE) --namespace fleet-lab
+	python tests/harness/kubeapi.py start --state-dir $(DEMO_KUBE) --namespace fleet-lab --namespace fleet-ingress
+	python tests/harness/contour.py start --kube-state-dir $(DEMO_KUBE) --state-dir $(DEMO_CONTOUR) > $(DEMO_CONTOUR).env
+	cat $(DEMO_CONTOUR).env
 	ansible-playbook playbooks/lab_demo.yml -e fleetmesh_kubeconfig=$(DEMO_KUBE)/registrar.kubeconfig \
-	  -e workload_certs_lab_ca_dir=$(ROOT)/.lab/ca
+	  -e workload_certs_lab_ca_dir=$(ROOT)/.lab/ca -e demo_admin_kubeconfig=$(DEMO_KUBE)/admin.kubeconfig \
+	  -e demo_ingress_port=$$(sed -n 's/^CONTOUR_HTTP_PORT=//p' $(DEMO_CONTOUR).env)
 
 demo-down: lab-down
+	-python tests/harness/contour.py stop --state-dir $(DEMO_CONTOUR) --kube-state-dir $(DEMO_KUBE)
 	-python tests/harness/kubeapi.py stop --state-dir $(DEMO_KUBE)
 
 # The whole suite runs under one pytest so CI ends with pytest's summary line. Quality

@@ -11,16 +11,18 @@ Run under the lab lock: flock /var/tmp/fleetmesh-lab.lock pytest tests/integrati
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import socket
-import threading
+import ssl
 import time
 from collections import Counter
 
 import kubeapi  # tests/harness is put on sys.path by conftest.py
 import pytest
 
+from tests.integration import ingressutil
 from tests.integration.labutil import LAB_HOSTS, extra, lab_up, on_hosts, playbook
 
 pytestmark = [pytest.mark.lab, pytest.mark.kube, pytest.mark.slow]
@@ -33,44 +35,7 @@ RETRY = {"count": 3, "retry_on": ["5xx", "reset", "connect-failure", "refused-st
 HTTPPROXIES = [{"name": "web", "namespace": NS, "fqdn": FQDN,
                 "routes": [{"prefix": "/", "services": [{"name": "web"}], "retry_policy": RETRY}]}]
 BY_ADDRESS = {ip: host for host, ip in LAB_HOSTS.items()}
-
-
-class Load:
-    """Requests through the ingress in a loop (Host header); counts answers per VM and failures."""
-
-    def __init__(self, ingress, host: str = FQDN, pause: float = 0.01, max_seconds: float = 300):
-        self.ingress, self.host, self.pause, self.max_seconds = ingress, host, pause, max_seconds
-        self.by_vm: Counter[str] = Counter()
-        self.failed = 0
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._lock = threading.Lock()
-
-    def _run(self):
-        end = time.monotonic() + self.max_seconds
-        while not self._stop.is_set() and time.monotonic() < end:
-            status, body, _h = self.ingress.get("/", host=self.host)
-            with self._lock:
-                if status == 200 and body.startswith("hello from "):
-                    self.by_vm[body.split()[-1]] += 1
-                else:
-                    self.failed += 1
-                    if len(self.errors) < 20:
-                        self.errors.append(f"{status} {body[:160]}")
-            time.sleep(self.pause)
-
-    def mark(self) -> Counter[str]:
-        with self._lock:
-            return Counter(self.by_vm)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+Load = functools.partial(ingressutil.Load, host=FQDN)  # requests through the ingress (tests/integration/ingressutil.py)
 
 
 def sample(ingress, n: int = 60, host: str = FQDN) -> tuple[Counter[str], list[str]]:
@@ -134,25 +99,36 @@ def test_every_registered_endpoint_accepts_a_connection_from_the_controller(lab)
     ok(playbook("register.yml", *extra(fleetmesh_kubeconfig=str(lab.registrar_kubeconfig),
                                        mesh_registration_set="lab-we", fleetmesh_namespace=NS + "-we",
                                        mesh_registration_shapes=["workloadentry"])), "register.yml (workloadentry)")
-    targets: dict[str, set[tuple[str, int]]] = {}
-    for item in owned_items(lab, "discovery.k8s.io/v1", "EndpointSlice"):
-        ports = [p["port"] for p in item["ports"]]
-        for ep in item["endpoints"]:
-            targets.setdefault("EndpointSlice", set()).update((a, p) for a in ep["addresses"] for p in ports)
-    for item in owned_items(lab, "networking.istio.io/v1", "ServiceEntry"):
-        for ep in item["spec"].get("endpoints") or []:
-            targets.setdefault("ServiceEntry", set()).update((ep["address"], p) for p in ep["ports"].values())
-    for item in owned_items(lab, "networking.istio.io/v1", "WorkloadEntry"):
-        targets.setdefault("WorkloadEntry", set()).update(
-            (item["spec"]["address"], p) for p in item["spec"]["ports"].values())
     for item in owned_items(lab, "v1", "Service"):
         for port in item["spec"]["ports"]:
             assert port["port"] == 8080 and port["targetPort"] == 10000, item["metadata"]["name"]
+    targets = registered_endpoints(lab)
     for kind in ("EndpointSlice", "ServiceEntry", "WorkloadEntry"):
         assert {a for a, _p in targets.get(kind, set())} >= set(LAB_HOSTS.values()), (kind, targets)
+    assert_every_registered_endpoint_accepts_a_connection(lab, at_least=9)
+
+
+def registered_endpoints(api: kubeapi.KubeAPI) -> dict[str, set[tuple[str, int]]]:
+    """kind -> every (address, port) that the collection's objects in the lab's namespaces register."""
+    targets: dict[str, set[tuple[str, int]]] = {}
+    for item in owned_items(api, "discovery.k8s.io/v1", "EndpointSlice"):
+        ports = [p["port"] for p in item["ports"]]
+        for ep in item["endpoints"]:
+            targets.setdefault("EndpointSlice", set()).update((a, p) for a in ep["addresses"] for p in ports)
+    for item in owned_items(api, "networking.istio.io/v1", "ServiceEntry"):
+        for ep in item["spec"].get("endpoints") or []:
+            targets.setdefault("ServiceEntry", set()).update((ep["address"], p) for p in ep["ports"].values())
+    for item in owned_items(api, "networking.istio.io/v1", "WorkloadEntry"):
+        targets.setdefault("WorkloadEntry", set()).update(
+            (item["spec"]["address"], p) for p in item["spec"]["ports"].values())
+    return targets
+
+
+def assert_every_registered_endpoint_accepts_a_connection(api: kubeapi.KubeAPI, at_least: int) -> int:
+    """Walk every registered object of the lab's namespaces: each address:port accepts a TCP connection."""
     refused = []
     checked = 0
-    for kind, pairs in sorted(targets.items()):
+    for kind, pairs in sorted(registered_endpoints(api).items()):
         for address, port in sorted(pairs):
             checked += 1
             with socket.socket() as sock:
@@ -160,7 +136,8 @@ def test_every_registered_endpoint_accepts_a_connection_from_the_controller(lab)
                 if sock.connect_ex((address, port)) != 0:
                     refused.append(f"{kind} {address}:{port}")
     assert not refused, f"registered endpoints that refuse connections from the controller: {refused}"
-    assert checked >= 9
+    assert checked >= at_least, checked
+    return checked
 
 
 def test_httpproxy_is_valid_and_requests_reach_every_vm(lab, contour_ingress):
@@ -291,3 +268,153 @@ def test_the_last_host_leaving_leaves_no_httpproxy_pointing_at_a_deleted_service
     for kind, name in (("Service", "web-k8s"), ("EndpointSlice", "web-k8s-standin")):
         version = "v1" if kind == "Service" else "discovery.k8s.io/v1"
         lab.request("DELETE", lab.resource_path(version, kind, name, NS))
+
+
+# --------------------------------------------------------------------------------------------------
+# Protocols: gRPC over h2c, and TLS from the ingress to the VMs' Envoy (workload certificates, upstream validation).
+# The VMs' Envoy gets two more listeners next to :10000: h2c on :10001 in front of the lab's gRPC app
+# (tools/lab/grpc_hello.py on 127.0.0.1:9090), and TLS on :10443 with the collection's workload certificate (issued
+# by rotate_certs.yml with the DNS SAN Contour checks) in front of the HTTP app. A registration set of its own
+# (service greeter, ports grpc 9090 -> 10001 and https 8443 -> 10443) and one HTTPProxy route on the gRPC path prefix
+# (protocol h2c) and one on / (protocol tls, validation caSecret + subjectName).
+# --------------------------------------------------------------------------------------------------
+
+GREETER = "greeter.fleet.example"
+WRONG_NAME = "greeter-wrong-name.fleet.example"
+SAN = "web.fleet-lab.svc"  # a DNS name of the VMs' own service (workload_certs_sans): what subjectName matches
+CA_SECRET = "fleet-lab-workload-ca"
+ENVOY_PROTOCOLS = {
+    "envoy_listeners": [
+        {"name": "ingress", "address": "0.0.0.0", "port": 10000, "routes": [{"prefix": "/", "cluster": "local_app"}]},
+        {"name": "grpc", "address": "0.0.0.0", "port": 10001, "routes": [{"prefix": "/", "cluster": "local_grpc"}]},
+        {"name": "https", "address": "0.0.0.0", "port": 10443,
+         "tls": {"cert_dir": "/etc/certs", "require_client_cert": False},
+         "routes": [{"prefix": "/", "cluster": "local_app"}]}],
+    "envoy_clusters": [
+        {"name": "local_app", "endpoints": [{"address": "127.0.0.1", "port": 8080}]},
+        {"name": "local_grpc", "http2": True, "endpoints": [{"address": "127.0.0.1", "port": 9090}]}],
+}
+
+
+def protocol_registration(api: kubeapi.KubeAPI) -> dict:
+    return {"fleetmesh_kubeconfig": str(api.registrar_kubeconfig), "mesh_registration_set": "lab-protocols",
+            "fleetmesh_service": "greeter", "fleetmesh_ports": {"grpc": 9090, "https": 8443},
+            "mesh_registration_endpoint_ports": {"grpc": 10001, "https": 10443},
+            "mesh_registration_shapes": ["endpointslice", "httpproxy"],
+            "mesh_registration_httpproxies": [{"name": "greeter", "namespace": NS, "fqdn": GREETER, "routes": [
+                {"prefix": "/fleetmesh.lab.Greeter/", "retry_policy": ingressutil.GRPC_RETRY,
+                 "services": [{"name": "greeter", "port": 9090, "protocol": "h2c"}]},
+                {"prefix": "/", "retry_policy": RETRY,
+                 "services": [{"name": "greeter", "port": 8443, "protocol": "tls",
+                               "validation": {"caSecret": CA_SECRET, "subjectName": SAN}}]}]}]}
+
+
+def issue_certs(ca_dir, lifetime: str):
+    return ok(playbook("rotate_certs.yml", *extra(rotate_certs_hosts="lab", workload_certs_lab_ca_dir=str(ca_dir),
+                                                  workload_certs_sans=[SAN], workload_certs_lifetime=lifetime)),
+              f"rotate_certs.yml (lifetime {lifetime})")
+
+
+@pytest.fixture(scope="module")
+def protocols(lab, contour_ingress, tmp_path_factory):
+    ca_dir = tmp_path_factory.mktemp("protocols-ca") / "ca"
+    issue_certs(ca_dir, "1d")
+    ok(playbook("envoy.yml", *extra(**ENVOY_PROTOCOLS)), "envoy.yml (h2c and TLS listeners)")
+    lab.apply([{"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": CA_SECRET, "namespace": NS},
+                "stringData": {"ca.crt": (ca_dir / "root-cert.pem").read_text()}}])
+    ok(playbook("register.yml", *extra(**protocol_registration(lab))), "register.yml (greeter)")
+    contour_ingress.wait_proxy_status(NS, "greeter", "valid")
+    yield ca_dir
+    ok(playbook("deregister.yml", *extra(**protocol_registration(lab), deregister_all=True)),
+       "deregister.yml (greeter)")
+    ok(playbook("envoy.yml"), "envoy.yml (the lab's default listener again)")
+
+
+def cluster_stat(ingress, service_port: str, stat: str) -> int:
+    """A stat of Contour's Envoy clusters of a Service port ("greeter/9090"; Envoy names their stats
+    cluster.<namespace>_<service>_<port>)."""
+    prefix = f"cluster.{NS}_{service_port.replace('/', '_')}."
+    text = ingress.admin(f"/stats?filter={stat}")
+    return sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines()
+               if line.startswith(prefix) and line.split(":", 1)[0] == prefix + stat)
+
+
+def test_grpc_over_h2c_through_the_ingress_reaches_every_vm(protocols, lab, contour_ingress):
+    # The walk again, now with the h2c and TLS endpoints (:10001, :10443) of every VM registered too.
+    targets = registered_endpoints(lab)["EndpointSlice"]
+    assert {(ip, port) for ip in LAB_HOSTS.values() for port in (10001, 10443)} <= targets, targets
+    assert_every_registered_endpoint_accepts_a_connection(lab, at_least=15)
+    by_vm, failed = ingressutil.grpc_calls(contour_ingress, GREETER, count=30)
+    assert failed == [] and set(by_vm) == set(LAB_HOSTS), (by_vm, failed)
+    # Contour's Envoy spoke HTTP/2 cleartext to each VM's h2c listener (not HTTP/1.1, which gRPC cannot use).
+    assert cluster_stat(contour_ingress, "greeter/9090", "upstream_cx_http2_total") > 0
+    assert {a.split(":")[1] for a in contour_ingress.upstream_health(NS, "greeter", 9090)} == {"10001"}
+
+
+def test_tls_to_the_vm_envoy_with_workload_certificates_and_upstream_validation(protocols, contour_ingress):
+    contour_ingress.wait_route("/", GREETER)
+    seen, bad = sample(contour_ingress, 45, host=GREETER)
+    assert bad == [] and set(seen) == set(LAB_HOSTS), (seen, bad)
+    assert cluster_stat(contour_ingress, "greeter/8443", "ssl.handshake") > 0
+    assert {a.split(":")[1] for a in contour_ingress.upstream_health(NS, "greeter", 8443)} == {"10443"}
+    # Validation is real: the same upstream with a subjectName the VMs' certificates do not carry is refused.
+    contour_ingress.api.apply([{
+        "apiVersion": "projectcontour.io/v1", "kind": "HTTPProxy",
+        "metadata": {"name": "greeter-wrong-name", "namespace": NS},
+        "spec": {"virtualhost": {"fqdn": WRONG_NAME}, "routes": [{"services": [{
+            "name": "greeter", "port": 8443, "protocol": "tls",
+            "validation": {"caSecret": CA_SECRET, "subjectName": "someone-else.fleet-lab.svc"}}]}]}}])
+    try:
+        contour_ingress.wait_proxy_status(NS, "greeter-wrong-name", "valid")
+        status, body, _h = contour_ingress.wait_route("/", WRONG_NAME, want=lambda r: r[0] != 404)
+        assert status == 503, (status, body)
+        assert cluster_stat(contour_ingress, "greeter/8443", "ssl.fail_verify_san") > 0
+    finally:
+        contour_ingress.api.request("DELETE", contour_ingress.api.resource_path(
+            "projectcontour.io/v1", "HTTPProxy", "greeter-wrong-name", NS))
+
+
+class DirectTLS(ingressutil.Loop):
+    """HTTPS requests straight to each VM's TLS listener, verifying its workload certificate as Contour does."""
+
+    def __init__(self, ca_file, max_seconds: float = 300):
+        context = ssl.create_default_context(cafile=str(ca_file))
+
+        def probe(i: int) -> tuple[bool, str]:
+            address = list(LAB_HOSTS.values())[i % len(LAB_HOSTS)]
+            try:
+                with socket.create_connection((address, 10443), timeout=5) as raw, \
+                        context.wrap_socket(raw, server_hostname=SAN) as tls:
+                    tls.sendall(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+                    data = b""
+                    while chunk := tls.recv(4096):
+                        data += chunk
+                answer = data.decode(errors="replace")
+                return answer.startswith("HTTP/1.1 200") and "hello from " in answer, f"{address}: {answer[:120]}"
+            except OSError as err:
+                return False, f"{address}: {err!r}"
+
+        super().__init__(probe, max_seconds=max_seconds)
+
+
+def test_rotate_certs_under_load_drops_nothing_through_the_ingress_or_directly(protocols, contour_ingress):
+    ca_dir = protocols
+    serial = "openssl x509 -noout -serial -in /etc/certs/cert-chain.pem"
+    before = on_hosts(serial)
+    with Load(contour_ingress) as plain, ingressutil.Load(contour_ingress, GREETER) as tls, \
+            DirectTLS(ca_dir / "root-cert.pem") as direct:
+        time.sleep(1)
+        run = issue_certs(ca_dir, "2d")  # a new lifetime: every certificate is re-issued, Envoy hot-restarted
+        time.sleep(7)  # across the drain of the old epochs (envoy_drain_seconds 5)
+    after = on_hosts(serial)
+    assert set(before) == set(after) == set(LAB_HOSTS), (before, after)
+    assert all(before[h] != after[h] for h in LAB_HOSTS), (before, after)
+    assert "fleetmesh-envoy@main.service" in run.out
+    for name, load in (("through the ingress (HTTP)", plain), ("through the ingress (TLS upstream)", tls),
+                       ("directly (TLS)", direct)):
+        assert load.failed == 0, (name, load.errors)
+        assert load.ok > 50, (name, load.ok)
+    # The ingress validates the new certificates too.
+    seen, bad = sample(contour_ingress, 30, host=GREETER)
+    assert bad == [] and set(seen) == set(LAB_HOSTS), (seen, bad)

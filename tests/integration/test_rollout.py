@@ -1,11 +1,16 @@
 """Fleet rollout on the embedded lab (issue 8): zero dropped requests during an upgrade, a target
 version that fails its health gate is rolled back by itself and halts the rollout, and a VM
-stopped mid-rollout stops the rollout per max_fail_percentage while the others keep serving."""
+stopped mid-rollout stops the rollout per max_fail_percentage while the others keep serving.
+
+The upgrade's traffic is measured directly (each VM's listener) and through a real Contour ingress (issue 13): the
+VMs registered as an EndpointSlice + HTTPProxy in the session's API server, the upgrade marking each host not ready
+before it drains it and ready again after its health gate."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -14,11 +19,14 @@ import subprocess
 import pytest
 
 from tests.conftest import need
+from tests.integration import ingressutil
 from tests.integration.labutil import LAB_HOSTS, ROOT, Traffic, env, extra, get, lab_up, on_hosts, playbook
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 CACHE = os.environ.get("FLEETMESH_CACHE", "/var/cache/fleetmesh")
 URLS = [f"http://{ip}:10000/" for ip in LAB_HOSTS.values()]
+contour_ingress = importlib.import_module("contour_pytest").contour_ingress  # the fixture (tests/harness)
+INGRESS_NS, INGRESS_FQDN = "fleet-rollout", "rollout.fleet.example"
 
 
 def versions() -> dict[str, str]:
@@ -44,13 +52,29 @@ def fleet():
     playbook("envoy.yml")
 
 
-def test_upgrade_drops_zero_requests(fleet):
-    with Traffic(URLS, max_seconds=400) as traffic:
-        run = upgrade("1.40.0")
+@pytest.fixture(scope="module")
+def ingress(fleet, kube_api, contour_ingress) -> dict:
+    """The lab VMs registered for the session's Contour ingress (a namespace and registration set of their own)."""
+    kube_api.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": INGRESS_NS}}])
+    registration = ingressutil.ingress_registration(kube_api, INGRESS_NS, INGRESS_FQDN, "rollout")
+    run = playbook("register.yml", *extra(**registration))
+    assert run.rc == 0, run.out[-4000:]
+    contour_ingress.wait_proxy_status(INGRESS_NS, "web", "valid")
+    contour_ingress.wait_route("/", INGRESS_FQDN)
+    return registration
+
+
+@pytest.mark.kube
+def test_upgrade_drops_zero_requests(fleet, ingress, contour_ingress):
+    with Traffic(URLS, max_seconds=400) as traffic, \
+            ingressutil.Load(contour_ingress, INGRESS_FQDN, max_seconds=400) as through_ingress:
+        run = upgrade("1.40.0", *extra(upgrade_register=True, **ingress))
     assert run.rc == 0, run.out[-5000:]
     assert set(versions().values()) == {"1.40.0"}
     assert traffic.ok > 100
     assert traffic.failed == 0, traffic.errors
+    assert through_ingress.ok > 100 and set(through_ingress.by_vm) == set(LAB_HOSTS), through_ingress.by_vm
+    assert through_ingress.failed == 0, through_ingress.errors
     # Re-running is a no-op for the Envoy state: every host is already at the target.
     again = upgrade("1.40.0")
     assert again.rc == 0 and set(versions().values()) == {"1.40.0"}

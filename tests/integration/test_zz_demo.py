@@ -2,8 +2,11 @@
 lab tests: lab-down removes the lab, and the test brings the default lab back for whatever runs next.
 
 The demo reaches every VM over SSH and says what it is, onboards the VMs (certificates, Envoy, registration in
-the real kube-apiserver it starts on loopback) and sends a request through each VM's Envoy. lab-down must leave no
-lab container, no lab network and no API server process behind.
+the real kube-apiserver it starts on loopback) and sends a request through each VM's Envoy. Then Kubernetes routes to
+the VMs through a real Contour ingress (issue 13): requests with the Host header and path prefix reach every VM (the
+counts per VM are shown), one traffic-shift step moves 10% to a Kubernetes Service, and gRPC calls (h2c) through the
+ingress reach the VMs' gRPC app. lab-down must leave no lab container, no lab network, no API server and no ingress
+process behind.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ def test_make_demo_then_lab_down_leaves_nothing_behind():
     assert "(EL 9 emulation, not RHEL)" in out
     # the status table (at most 100 columns: the registration column shortens WorkloadEntry to WE)
     assert re.search(r"fm-deb-1 web\.fleet-lab \S+ LIVE healthy \S+ WE fleet-lab/web-fm-deb-1 ok", out), out[-4000:]
+    # Through the ingress: every VM answered, counted per VM; one shift step; gRPC over h2c.
+    for host in LAB_HOSTS:
+        assert re.search(rf"ingress -> {host}: [1-9][0-9]*", out), (host, out[-6000:])
+    assert "route /: steps 10 passed" in out, out[-6000:]
+    assert re.search(r"shifted -> fm-[a-z]+-[0-9]: [1-9]", out), out[-6000:]
+    assert len(re.findall(r"grpc -> hello demo from fm-", out)) == 9, out[-6000:]
 
     down = make("lab-down")
     assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
@@ -51,6 +60,8 @@ def test_make_demo_then_lab_down_leaves_nothing_behind():
     procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     lab_kube = str(ROOT / ".lab" / "kube")
     assert not [p for p in procs.splitlines() if lab_kube in p and ("kube-apiserver" in p or "etcd" in p)], procs
+    lab_contour = str(ROOT / ".lab" / "contour")
+    assert not [p for p in procs.splitlines() if lab_contour in p and ("contour" in p or "envoy" in p)], procs
     assert not (ROOT / "inventories" / "lab" / "generated_hosts.yml").exists()
 
     lab_up(3)  # the default lab again, for whatever runs next
