@@ -9,15 +9,21 @@ include's `apply` parent block), filtered by the same call, and listed right aft
 evaluated (as in `--list-tasks`): every task that the tags select is listed.
 
     python tests/unit/runbook_tasks.py -i <inventory> playbooks/onboard.yml --list-tasks --tags configure
+    python tests/unit/runbook_tasks.py --batch < jobs.json   # [{"args": [...], "expand": true}, ...] -> JSON
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import sys
 
 from ansible import constants as C
 from ansible.cli.playbook import PlaybookCLI
+from ansible.context import GlobalCLIArgs
+from ansible.parsing.vault import VaultSecretsContext
 from ansible.playbook.block import Block
 from ansible.playbook.helpers import load_list_of_blocks
 from ansible.playbook.role_include import IncludeRole
@@ -82,7 +88,30 @@ def filter_tagged_tasks(self, all_vars):
     return _expand(_filter(self, all_vars), all_vars, 0)
 
 
+def batch(jobs: list[dict]) -> list[dict]:
+    """Many listings in one process (the test runs a few hundred): each job is {"args": [...], "expand": bool}."""
+    results = []
+    for job in jobs:
+        Block.filter_tagged_tasks = filter_tagged_tasks if job.get('expand', True) else _filter
+        # one of each per CLI run, and this process runs many: forget the previous run's
+        VaultSecretsContext._current = None
+        GlobalCLIArgs._Singleton__instance = None
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                rc = PlaybookCLI(['ansible-playbook', *job['args']]).run()
+            except Exception as err:  # noqa: BLE001 - reported to the test with the listing
+                rc = 1
+                print(f'ERROR: {err!r}')
+        results.append({'args': job['args'], 'expand': job.get('expand', True), 'rc': rc, 'stdout': out.getvalue()})
+    Block.filter_tagged_tasks = _filter
+    return results
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ['--batch']:
+        json.dump(batch(json.load(sys.stdin)), sys.stdout)
+        return 0
     Block.filter_tagged_tasks = filter_tagged_tasks
     return PlaybookCLI.cli_executor(['ansible-playbook', *argv])
 
