@@ -6,6 +6,10 @@
   collected an integration or molecule test takes an exclusive lock (LAB_LOCK) and holds it until the session ends;
   a second pytest (another checkout, another terminal) waits, saying for what, instead of replacing the lab under
   the first one. Processes started while the lock is held inherit FLEETMESH_LAB_LOCKED and do not take it again.
+* The molecule scenarios start when a session that collected them begins (tests/molecule/runner.py), next to the
+  quality and unit tests, which touch no container; the first integration test waits until they have ended (lab
+  tests take the lab network down, and the molecule instances with it). FLEETMESH_MOLECULE_EARLY=0 starts them at
+  their own tests instead.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 LAB_LOCK = Path(os.environ.get("FLEETMESH_LAB_LOCK", "/var/tmp/fleetmesh-lab.lock"))
 _LAB_DIRS = (ROOT / "tests" / "integration", ROOT / "tests" / "molecule")
 _lab_lock_fd: list[int] = []
+_MOLECULE_DIR = ROOT / "tests" / "molecule"
+_INTEGRATION_DIR = ROOT / "tests" / "integration"
+_molecule_early: list[bool] = []  # [waited?] once the runs were started at the session's beginning
 
 if str(COLLECTIONS) not in sys.path:
     sys.path.insert(0, str(COLLECTIONS))
@@ -67,3 +74,21 @@ def pytest_collection_finish(session):
     (module-scoped lab fixtures start VMs before any function-scoped fixture could take it)."""
     if any(Path(str(item.path)).is_relative_to(d) for item in session.items for d in _LAB_DIRS):
         _take_lab_lock()
+    if os.environ.get("FLEETMESH_MOLECULE_EARLY", "1") != "0" and \
+            any(Path(str(item.path)).is_relative_to(_MOLECULE_DIR) for item in session.items):
+        from tests.molecule import runner  # pylint: disable=import-outside-toplevel  # imports this module
+
+        if not runner.missing():  # otherwise their own tests say what is missing
+            runner.start_in_background()
+            _molecule_early.append(False)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the test's fixtures (a module's lab fixture brings the lab up)
+def pytest_runtest_setup(item):
+    """The first integration test of a session that started the molecule scenarios waits until they have ended."""
+    if _molecule_early and not _molecule_early[0] and Path(str(item.path)).is_relative_to(_INTEGRATION_DIR):
+        from tests.molecule import runner  # pylint: disable=import-outside-toplevel
+
+        sys.stderr.write("\nwaiting for the molecule scenarios to end before the lab tests ...\n")
+        runner.wait()
+        _molecule_early[0] = True

@@ -1,0 +1,86 @@
+"""The molecule scenarios, started once per pytest session (tests/molecule/test_molecule.py judges them).
+
+They share nothing with each other (own containers, own ephemeral directories, the sidecar ones their own
+kube-apiserver on free loopback ports), so they run WORKERS at a time, longest first. `make test` starts them when
+its session begins (tests/conftest.py), next to the quality and unit tests, which never touch a container, and the
+first lab test waits for them: lab tests take the lab down and up, and `lab.sh down` removes the lab network with
+every container on it, the molecule instances included (they sit next to fm-repo on that network).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from tests.conftest import ROOT
+
+SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
+WORKERS = int(os.environ.get("FLEETMESH_MOLECULE_WORKERS", "2"))
+# Longest first (measured: the sidecar scenarios take about twice as long), so the two workers end together.
+ORDER = sorted(SCENARIOS, key=lambda s: (not s.startswith("sidecar"), s))
+REQUIRED_ENV = ("FLEETMESH_DEBIAN_IMAGE", "FLEETMESH_RHEL_IMAGE", "CONTAINERS_CONF")
+
+_lock = threading.Lock()
+_runs: dict[str, Future] | None = None
+_pool: ThreadPoolExecutor | None = None
+
+
+def _run(molecule: str, scenario: str, env: dict) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.monotonic()
+    proc = subprocess.run([molecule, "test", "-s", scenario], cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=False, timeout=1800)
+    return proc, time.monotonic() - t0
+
+
+def missing() -> list[str]:
+    """What the runs need and this machine lacks (empty when they can start)."""
+    gaps = [tool for tool in ("podman", "molecule") if not shutil.which(tool)]
+    return gaps + [f"{var} (run the suite through 'make test')" for var in REQUIRED_ENV if not os.environ.get(var)]
+
+
+def start() -> dict[str, Future]:
+    """scenario -> Future of (completed process, seconds); the first call starts the runs, later calls return them."""
+    global _runs, _pool
+    with _lock:
+        if _runs is not None:
+            return _runs
+        env = dict(os.environ, ANSIBLE_NOCOLOR="1", NO_COLOR="1", ANSIBLE_FORCE_COLOR="0", PY_COLORS="0")
+        # The debian and rhel scenarios both start fm-repo in prepare when it is not running: start it once here,
+        # so that two prepares do not race to create it.
+        repo = subprocess.run([str(ROOT / "tools" / "lab" / "repo.sh"), "up"], env=env, capture_output=True,
+                              text=True, check=False, timeout=600)
+        if repo.returncode != 0:
+            failed: Future = Future()
+            failed.set_exception(AssertionError(f"tools/lab/repo.sh up failed:\n{repo.stdout}{repo.stderr}"))
+            _runs = {s: failed for s in ORDER}
+            return _runs
+        _pool = ThreadPoolExecutor(max_workers=max(1, WORKERS), thread_name_prefix="molecule")
+        molecule = shutil.which("molecule") or "molecule"
+        _runs = {s: _pool.submit(_run, molecule, s, env) for s in ORDER}
+        return _runs
+
+
+def start_in_background() -> None:
+    """start() on a thread of its own (repo.sh up takes a few seconds), for the session's first moments."""
+    threading.Thread(target=start, name="molecule-start", daemon=True).start()
+
+
+def wait() -> None:
+    """Block until every started run has ended (nothing to wait for when none was started)."""
+    with _lock:
+        runs = _runs
+    if runs is None:
+        starter = [t for t in threading.enumerate() if t.name == "molecule-start"]
+        for thread in starter:
+            thread.join()
+        with _lock:
+            runs = _runs
+    for future in (runs or {}).values():
+        try:
+            future.result(timeout=3600)
+        except Exception:  # pylint: disable=broad-except  # judged by the scenario's own test
+            pass
