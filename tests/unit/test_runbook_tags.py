@@ -121,7 +121,7 @@ def test_the_batch_lists_what_separate_runs_list(tmp, listings):
 
 
 def names(tasks) -> list[str]:
-    return [n for n, _ in tasks]
+    return [task[0] for task in tasks]
 
 
 def role_tasks(tasks, role=None) -> list[tuple[str, frozenset]]:
