@@ -93,6 +93,16 @@ def crds_file() -> Path:
     return bin_dir() / "crd-all.gen.yaml"
 
 
+def module_dir(version: str | None = None) -> Path:
+    """The pinned istio.io/istio module source in the Go module cache (downloaded by the builds)."""
+    return kubeapi.cache_dir() / "go" / "mod" / "istio.io" / f"istio@{version or pinned_version()}"
+
+
+def pilot_agent_binary(version: str | None = None) -> Path:
+    """The real pilot-agent of the istio-sidecar package (build-pilot-agent.sh), same pin as istiod."""
+    return kubeapi.cache_dir() / "istio-sidecar" / "pilot-agent" / (version or pinned_version()) / "pilot-agent"
+
+
 def missing_binaries() -> list[Path]:
     missing = [p for p in (binary(),) if not os.access(p, os.X_OK)]
     missing += [p for p in (crds_file(),) if not p.is_file()]
@@ -198,6 +208,9 @@ class Istiod:
             "INJECTION_WEBHOOK_CONFIG_NAME": "",
             "ROOT_CA_DIR": str(ca_dir),
             "USE_REMOTE_CERTS": "true" if self.cacerts is not None else "false",
+            # The proxies here are upstream Envoy (the istio-sidecar package's, tools/fetch-envoy.sh), not Istio's
+            # proxy build: it has no istio.metadata_exchange filter and NACKs every cluster and listener that uses it.
+            "PILOT_ENABLE_METADATA_EXCHANGE": "false",
             **self.extra_env,
         }
         argv = [
@@ -296,3 +309,47 @@ class Istiod:
         if result.get("code") != "OK":
             raise IstiodError(f"istiod's CA refused: {result.get('code')}: {result.get('details')}")
         return list(result["chain"])
+
+
+def start_pilot_agent(pilot: Istiod, work_dir: Path, namespace: str, service_account: str, token: str,
+                      root_pem: str, envoy: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    """The real pilot-agent (``proxy sidecar``) with ``envoy``, as on a VM but on loopback: discovery and CA at
+    istiod's secure gRPC port on 127.0.0.1, verified as ``istiod.istio-system.svc`` (ISTIOD_SAN), the istio-token
+    and root in ``work_dir``, the workload certificate also written to ``work_dir/out`` (OUTPUT_CERTS).
+    No traffic capture (interception mode NONE); the agent's and Envoy's own ports are free-picked.
+    Returns the process (its own process group) and its ports; the caller stops it with kubeapi._kill_group."""
+    tokens = work_dir / "var" / "run" / "secrets" / "tokens"
+    tokens.mkdir(parents=True, exist_ok=True)
+    kubeapi._write_private(tokens / "istio-token", token.encode())  # ./var/run/secrets/tokens: the agent's path
+    (work_dir / "root-cert.pem").write_text(root_pem)
+    for sub in ("out", "etc/istio/proxy"):
+        (work_dir / sub).mkdir(parents=True, exist_ok=True)
+    names = ("admin", "status", "envoy_status", "envoy_prometheus")
+    ports = dict(zip(names, _distinct_free_ports(len(names)), strict=True))
+    proxy_config = {
+        "discoveryAddress": f"{_LOCALHOST}:{pilot.secure_grpc_port}",
+        "binaryPath": str(envoy),
+        "configPath": str(work_dir / "etc" / "istio" / "proxy"),
+        "proxyAdminPort": ports["admin"],
+        "statusPort": ports["status"],
+    }
+    env = {
+        "PATH": "/usr/bin:/bin", "HOME": str(work_dir),
+        "PROXY_CONFIG": json.dumps(proxy_config),
+        "ISTIOD_SAN": SERVER_NAME,
+        "CA_ROOT_CA": str(work_dir / "root-cert.pem"), "XDS_ROOT_CA": str(work_dir / "root-cert.pem"),
+        "OUTPUT_CERTS": str(work_dir / "out"),
+        "POD_NAMESPACE": namespace, "SERVICE_ACCOUNT": service_account,
+        "ISTIO_META_CLUSTER_ID": CLUSTER_ID, "TRUST_DOMAIN": DOMAIN, "JWT_POLICY": "third-party-jwt",
+        "ISTIO_META_INTERCEPTION_MODE": "NONE",
+        "ENVOY_STATUS_PORT": str(ports["envoy_status"]), "ENVOY_PROMETHEUS_PORT": str(ports["envoy_prometheus"]),
+    }
+    template = module_dir() / "tools" / "packaging" / "common" / "envoy_bootstrap.json"
+    log = work_dir / "pilot-agent.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [str(pilot_agent_binary()), "proxy", "sidecar", f"--templateFile={template}",
+             f"--serviceCluster={service_account}.{namespace}", "--concurrency=1"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work_dir,
+            start_new_session=True, close_fds=True, preexec_fn=kubeapi._die_with_parent)  # noqa: PLW1509
+    return proc, ports

@@ -380,6 +380,8 @@ class KubeAPI:
         self.state_dir = Path(state_dir).resolve()
         # Istio's own CRDs (crd-all.gen.yaml of the pinned istio.io/istio module, see istiod.py) instead of the
         # harness's stand-ins for networking.istio.io; needed when a real istiod runs against this server.
+        # FLEETMESH_HARNESS_ISTIO_CRDS=<file> makes that the default, to run any test against Istio's own CRDs.
+        istio_crds = istio_crds or os.environ.get("FLEETMESH_HARNESS_ISTIO_CRDS") or None
         self.istio_crds = Path(istio_crds) if istio_crds else None
         self.version = version or pinned_versions()["kubernetes"]
         self.bin_dir = Path(bin_dir) if bin_dir else default_bin_dir(self.version)

@@ -14,6 +14,8 @@ over its secure gRPC port (TLS verified against the expected root with istiod's 
 from __future__ import annotations
 
 import datetime
+import http.client
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -146,3 +148,56 @@ def test_self_signed_ca_root_from_configmap(api: kubeapi.KubeAPI, tmp_path: Path
         token = api.token(namespace, SERVICE_ACCOUNT, audiences=["istio-ca"], expiration_seconds=3600)
         chain = pilot.create_certificate(csr, token, root_pem)
         _check_leaf(chain, key, root_pem, spiffe)
+
+
+def test_real_pilot_agent_gets_its_certificate_and_config(api: kubeapi.KubeAPI, tmp_path: Path) -> None:
+    """The istio-sidecar package's real pilot-agent with the controller's Envoy: its workload certificate comes from
+    istiod's plug-in CA (the collection's root), and istiod's xDS is ACKed (no traffic capture, loopback only)."""
+    envoy = kubeapi.cache_dir() / "artifacts" / "envoy" / "1.40.0" / "envoy"
+    missing = [p for p in (istiod_harness.pilot_agent_binary(), envoy) if not os.access(p, os.X_OK)]
+    missing += [p for p in (istiod_harness.module_dir(),) if not p.is_dir()]
+    if missing:
+        message = (f"missing {', '.join(map(str, missing))}: run tools/pkg/istio-sidecar/build.sh (pilot-agent) "
+                   "and tools/fetch-envoy.sh")
+        if os.environ.get("CI", "").strip().lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    files = ca_lib.new_lab_ca_files("fleetmesh agent test")
+    root_pem = files["root-cert.pem"].decode()
+    namespace = f"{NAMESPACE}-agent"
+    with istiod_harness.Istiod(api, tmp_path / "istiod", cacerts={k: files[k] for k in CACERTS_KEYS}) as pilot:
+        _workload(api, namespace)
+        token = api.token(namespace, SERVICE_ACCOUNT, audiences=["istio-ca"], expiration_seconds=3600)
+        work = tmp_path / "agent"
+        proc, ports = istiod_harness.start_pilot_agent(pilot, work, namespace, SERVICE_ACCOUNT, token, root_pem,
+                                                       envoy)
+        try:
+            def synced() -> list | None:
+                if proc.poll() is not None:
+                    raise AssertionError(f"pilot-agent exited {proc.returncode}:\n"
+                                         f"{kubeapi._tail(work / 'pilot-agent.log', 40)}")
+                status, body = pilot.debug("/debug/syncz")
+                proxies = [p for p in json.loads(body or "[]") if p.get("proxy", "").endswith(f".{namespace}")]
+                done = proxies and all(p.get(f"{t}_acked") == p.get(f"{t}_sent") and p.get(f"{t}_sent")
+                                       for p in proxies for t in ("cluster", "listener"))
+                return proxies if status == 200 and done else None
+
+            proxies = kubeapi._wait("pilot-agent synced with istiod (/debug/syncz)", synced, 60)
+            errors = [r.get("lastError") for p in proxies for r in (p.get("resources") or {}).values()
+                      if r.get("lastError")]
+            assert not errors, errors  # every resource ACKed: nothing NACKed by the upstream Envoy
+            chain_file = work / "out" / "cert-chain.pem"
+            kubeapi._wait("the agent's certificate in OUTPUT_CERTS", chain_file.is_file, 30)
+            chain = chain_file.read_text()
+            assert ca_lib.verify_chain(chain, root_pem) == []
+            leaf = x509.load_pem_x509_certificate(chain.encode())
+            sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [
+                f"spiffe://cluster.local/ns/{namespace}/sa/{SERVICE_ACCOUNT}"]
+            conn = http.client.HTTPConnection("127.0.0.1", ports["status"], timeout=5)
+            conn.request("GET", "/healthz/ready")
+            assert conn.getresponse().status == 200  # the agent's readiness: Envoy up and configured
+            conn.close()
+        finally:
+            kubeapi._kill_group(proc.pid, timeout=10.0)
+            proc.wait(timeout=5)
