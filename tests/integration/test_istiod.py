@@ -8,7 +8,9 @@ over its secure gRPC port (TLS verified against the expected root with istiod's 
 
 * plug-in CA: the collection's CA in Istio's ``cacerts`` Secret layout; the issued certificate chains to the
   collection's root, like the certificates the collection itself signs (workload_sign);
-* self-signed CA: the root is the one istiod publishes in the ``istio-ca-root-cert`` ConfigMap.
+* self-signed CA: the root is the one istiod publishes in the ``istio-ca-root-cert`` ConfigMap;
+* the real pilot-agent of the istio-sidecar package (with the controller's Envoy) gets its certificate and ACKs xDS;
+* a WorkloadEntry behind a ServiceEntry is an endpoint in istiod's registry until it is deleted.
 """
 
 from __future__ import annotations
@@ -201,3 +203,30 @@ def test_real_pilot_agent_gets_its_certificate_and_config(api: kubeapi.KubeAPI, 
         finally:
             kubeapi._kill_group(proc.pid, timeout=10.0)
             proc.wait(timeout=5)
+
+
+def test_istiod_lists_a_workload_entry_and_forgets_it(api: kubeapi.KubeAPI, tmp_path: Path) -> None:
+    """A VM registered as a WorkloadEntry (Istio's real CRD) behind a ServiceEntry is an endpoint of istiod's
+    registry, and is no longer one once the entry is deleted (what offboarding must achieve)."""
+    namespace, address = f"{NAMESPACE}-registry", "10.213.77.10"  # never contacted: a registry entry only
+    host = f"web.{namespace}.svc.cluster.local"
+    with istiod_harness.Istiod(api, tmp_path / "istiod") as pilot:
+        api.apply([
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+            {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+             "metadata": {"name": "web", "namespace": namespace},
+             "spec": {"hosts": [host], "location": "MESH_INTERNAL", "resolution": "STATIC",
+                      "ports": [{"number": 8080, "name": "http", "protocol": "HTTP"}],
+                      "workloadSelector": {"labels": {"app": "web"}}}},
+            {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+             "metadata": {"name": "vm-1", "namespace": namespace},
+             "spec": {"address": address, "labels": {"app": "web"}, "serviceAccount": SERVICE_ACCOUNT}},
+        ])
+        kubeapi._wait("the WorkloadEntry in istiod's /debug/endpointz", lambda: address in pilot.debug(
+            "/debug/endpointz")[1], 30)
+        assert host in pilot.debug("/debug/registryz")[1]
+        path = f"/apis/networking.istio.io/v1/namespaces/{namespace}/workloadentries/vm-1"
+        status, body = api.request("DELETE", path)
+        assert status == 200, body
+        kubeapi._wait("the WorkloadEntry gone from istiod's /debug/endpointz", lambda: address not in pilot.debug(
+            "/debug/endpointz")[1], 30)
