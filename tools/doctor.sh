@@ -70,6 +70,7 @@ COMMANDS=(
   "mkdir coreutils"
   "mktemp coreutils"
   "mv coreutils"
+  "nice coreutils"  # tools/pkg/istio-sidecar/build-istiod.sh: the Go build yields the 2 shared CPUs
   "rm coreutils"
   "rmdir coreutils"
   "sha256sum coreutils"

@@ -2,9 +2,10 @@
 # One-command set-up for a fresh Debian 12 machine (run as root). Idempotent: when everything
 # is in place it only checks, in a few seconds.
 #
-#   tools/setup.sh [apt] [venv] [envoy] [images] [sanity] [link] [kube] [contour]   (default: all but kube, contour)
+#   tools/setup.sh [apt] [venv] [envoy] [images] [sanity] [link] [kube] [contour] [istiod]
+#                  (default: all but the Go builds kube, contour, istiod)
 #
-# `make setup` runs every step but the Go builds, kube and contour (make kube-build runs those, several
+# `make setup` runs every step but the Go builds, kube, contour and istiod (make kube-build runs those, several
 # minutes cold): between them everything a test asserts is prepared (tests/unit/test_setup_steps.py checks
 # that the Makefile names every step).
 #
@@ -65,6 +66,9 @@ step_envoy() { "$root/tools/fetch-envoy.sh"; }
 step_images() { "$root/tools/lab/build-images.sh"; }
 step_kube() { "$root/tests/harness/build-kube.sh"; }
 step_contour() { "$root/tests/harness/build-contour.sh"; }
+# istiod (pilot-discovery) from the istio.io/istio module pilot-agent is pinned to, and Istio's CRDs, for the
+# controller-side mesh tests (tests/harness/istiod.py): about 4.5 min on a build cache warmed by pilot-agent.
+step_istiod() { "$root/tools/pkg/istio-sidecar/build-istiod.sh"; }
 # ansible-test sanity gets a HOME of its own, holding its per-test virtualenvs and a local
 # stand-in for its pip bootstrap download (see tools/ansible-test-get-pip.py).
 step_sanity() {

@@ -63,6 +63,8 @@ API_AUDIENCES = (SA_ISSUER, "istio-ca")
 SERVICE_CIDR = "10.96.0.0/16"
 FIELD_MANAGER = "fleetmesh-harness"
 TOKEN_SECONDS = 2 * 3600
+# The harness's stand-in CRDs that Istio's own CRDs replace (KubeAPI(istio_crds=...)).
+ISTIO_STANDIN_PREFIXES = ("networking.istio.io_", "security.istio.io_")
 
 _LOCALHOST = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
@@ -373,8 +375,14 @@ class KubeAPI:
         bin_dir: str | os.PathLike[str] | None = None,
         detach: bool = False,
         startup_timeout: float = 120.0,
+        istio_crds: str | os.PathLike[str] | None = None,
     ):
         self.state_dir = Path(state_dir).resolve()
+        # Istio's own CRDs (crd-all.gen.yaml of the pinned istio.io/istio module, see istiod.py) instead of the
+        # harness's stand-ins for networking.istio.io; needed when a real istiod runs against this server.
+        # FLEETMESH_HARNESS_ISTIO_CRDS=<file> makes that the default, to run any test against Istio's own CRDs.
+        istio_crds = istio_crds or os.environ.get("FLEETMESH_HARNESS_ISTIO_CRDS") or None
+        self.istio_crds = Path(istio_crds) if istio_crds else None
         self.version = version or pinned_versions()["kubernetes"]
         self.bin_dir = Path(bin_dir) if bin_dir else default_bin_dir(self.version)
         self.detach = detach
@@ -442,7 +450,7 @@ class KubeAPI:
                     if "address already in use" not in str(exc) or attempt == 2:
                         raise
             t1 = time.monotonic()
-            self.apply_files(sorted(CRD_DIR.glob("*.yaml")))
+            self.apply_files(self.crd_files())
             self.timings["crds"] = time.monotonic() - t1
             self.apply_files([RBAC_MANIFEST])
             self._write_kubeconfig(
@@ -460,6 +468,14 @@ class KubeAPI:
             raise
         self.timings["total"] = time.monotonic() - t0
         return self
+
+    def crd_files(self) -> list[Path]:
+        """The CRD files start() applies: the harness's, with Istio's own in place of the Istio stand-ins when
+        ``istio_crds`` is set."""
+        files = sorted(CRD_DIR.glob("*.yaml"))
+        if self.istio_crds is None:
+            return files
+        return [f for f in files if not f.name.startswith(ISTIO_STANDIN_PREFIXES)] + [self.istio_crds]
 
     def _start_processes(self) -> None:
         self.etcd_port, peer_port, self.port = free_port(), free_port(), free_port()
