@@ -286,6 +286,10 @@ class Contour:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log_path = self.state_dir / f"{name}.log"
+        if self.detach:
+            # Envoy ends (SIGTERM) when the process that started it exits: detached (the CLI's start), a shell
+            # that waits for it is its parent instead, in the same process group (stop() kills the group).
+            argv = ["/bin/sh", "-c", '"$@" & wait $!', "sh", *argv]
         with open(log_path, "ab") as log:
             log.write(f"\n==== {datetime.datetime.now().isoformat()} {' '.join(argv)}\n".encode())
             log.flush()
