@@ -157,20 +157,6 @@ def check_crds(write: bool = False) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _distinct_free_ports(count: int) -> list[int]:
-    """``count`` different free loopback ports (all bound at once, so none is handed out twice)."""
-    socks = []
-    try:
-        for _index in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((_LOCALHOST, 0))
-            socks.append(sock)
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float = 5.0):
         super().__init__("localhost", timeout=timeout)
@@ -234,7 +220,7 @@ class Contour:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         names = ("xds", "contour_metrics", "contour_health", "contour_debug", "envoy_http", "envoy_https",
                  "envoy_stats", "envoy_admin_listener")
-        self.ports = dict(zip(names, _distinct_free_ports(len(names)), strict=True))
+        self.ports = dict(zip(names, kubeapi.distinct_free_ports(len(names)), strict=True))
         self.api.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])
         config = self.state_dir / "contour.yaml"
         config.write_text(json.dumps({

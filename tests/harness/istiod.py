@@ -35,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -118,19 +117,6 @@ def missing_message(missing: list[Path]) -> str:
             f"{SYSTEM_PYTHON} with python3-grpcio (make setup).")
 
 
-def _distinct_free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _index in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((_LOCALHOST, 0))
-            socks.append(sock)
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 def mesh_config(trust_domain: str = DOMAIN) -> dict[str, Any]:
     return {
         "trustDomain": trust_domain,
@@ -182,7 +168,7 @@ class Istiod:
         t0 = time.monotonic()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         names = ("http", "https", "grpc", "secure_grpc", "monitoring", "ctrlz")
-        self.ports = dict(zip(names, _distinct_free_ports(len(names)), strict=True))
+        self.ports = dict(zip(names, kubeapi.distinct_free_ports(len(names)), strict=True))
         self.api.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])
         if self.cacerts is not None:
             self.api.apply([{
@@ -325,7 +311,7 @@ def start_pilot_agent(pilot: Istiod, work_dir: Path, namespace: str, service_acc
     for sub in ("out", "etc/istio/proxy"):
         (work_dir / sub).mkdir(parents=True, exist_ok=True)
     names = ("admin", "status", "envoy_status", "envoy_prometheus")
-    ports = dict(zip(names, _distinct_free_ports(len(names)), strict=True))
+    ports = dict(zip(names, kubeapi.distinct_free_ports(len(names)), strict=True))
     proxy_config = {
         "discoveryAddress": f"{_LOCALHOST}:{pilot.secure_grpc_port}",
         "binaryPath": str(envoy),

@@ -252,6 +252,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """``count`` different free loopback ports (all bound at once, so none is handed out twice)."""
+    socks = []
+    try:
+        for _index in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((_LOCALHOST, 0))
+            socks.append(sock)
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     # SIGKILL, not SIGTERM: both servers get it at once, and kube-apiserver's graceful shutdown stalls for a
     # long time once etcd is gone. Orderly shutdown is stop()'s job; this only prevents orphans.
