@@ -14,8 +14,11 @@ description:
   - Takes the whole desired set of VM endpoints of a registration set (normally every host of an inventory group,
     built by the role C(fleetmesh.envoy.mesh_registration) from the C(fleetmesh_*) variables) and reconciles it into
     Kubernetes objects by server-side apply with the field manager C(fleetmesh.envoy).
-  - Runs on the controller once per play (C(run_once) and C(delegate_to=localhost)); one client, one API discovery
-    of only the kinds needed, requests in parallel.
+  - Runs on the controller once per play (C(run_once) and C(delegate_to=localhost)); one client, requests in
+    parallel. There its action plugin runs it in Ansible's worker process, without a module process; with another
+    C(delegate_to) host, C(become), C(async) or an C(environment) the module runs as usual.
+  - The kinds are found by listing them where the API server usually serves them (an API discovery only for a kind
+    that is not served there).
   - Every object it writes carries the labels C(app.kubernetes.io/managed-by=fleetmesh.envoy) and
     C(fleetmesh.envoy/registration=<registration>). Objects without them are never changed or deleted; objects of
     another registration set neither.
@@ -447,11 +450,30 @@ def argument_spec():
     return spec
 
 
+MUTUALLY_EXCLUSIVE = [('endpoints', 'endpoints_json')]
+
+
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           mutually_exclusive=[('endpoints', 'endpoints_json')])
-    params = module.params
-    result = dict(changed=False, registration=params['registration'], invocation=invocation(module))
+                           mutually_exclusive=MUTUALLY_EXCLUSIVE)
+    result = execute(module.params, module.check_mode, module._diff)
+    for warning in result.pop('warnings', []):
+        module.warn(warning)
+    if result.pop('failed', False):
+        module.fail_json(**result)
+    module.exit_json(**result)
+
+
+def execute(params, check_mode=False, want_diff=False):
+    """The whole run for validated ``params``: the result (``failed`` and ``msg`` when it failed, ``warnings``).
+
+    The module runs it, and so does the action plugin of the same name, in the controller's worker process when
+    the task runs on the controller (no module process to start: a quarter of a registration run)."""
+    result = dict(changed=False, registration=params['registration'], invocation=invocation(params))
+    warnings = []
+
+    def failed(msg, **details):
+        return dict(result, failed=True, msg=msg, warnings=warnings, **details)
 
     # 1. Every input, before anything else (no API request when any is wrong).
     cfg, errors = reg.normalize(params)
@@ -460,57 +482,59 @@ def main():
     if not 1 <= params['parallel'] <= kube.MAX_PARALLEL:
         errors.append('parallel: %d is not allowed; allowed: integer 1-%d' % (params['parallel'], kube.MAX_PARALLEL))
     if errors:
-        module.fail_json(msg='invalid input, nothing was applied: ' + '; '.join(errors), errors=errors, **result)
+        return failed('invalid input, nothing was applied: ' + '; '.join(errors), errors=errors)
 
+    client = None
     try:
-        # 2. One client, one discovery of only what this run can touch.
+        # 2. One client.
         client = kube.client_from_params(params, parallel=params['parallel'])
         result['api_url'] = client.url
         needed = reg.required_kinds(cfg.shapes, cfg.legacy_endpoints, cfg.workload_group)
         wanted = [(kind, group, versions, kind in needed) for kind, (group, versions, _plural) in reg.KINDS.items()]
-        resources = client.discover(wanted, hint=': install the CRDs of the shapes in mesh_registration_shapes (Istio '
-                                    'for WorkloadEntry/WorkloadGroup/ServiceEntry, Contour for HTTPProxy)')
-        api_versions = dict((kind, kube.api_version(res)) for kind, res in resources.items())
         namespaces = sorted(set(ep.namespace for ep in cfg.endpoints if ep.namespace) |
                             set(p['namespace'] for p in cfg.httpproxies))
-        # 3. What this registration set owns now.
-        live, warnings = reconcile.list_owned(client, resources, cfg.registration, namespaces)
-        for warning in warnings:
-            module.warn(warning)
+        # 3. What this registration set owns now (in the same round as the discovery).
+        resources, live, list_warnings = reconcile.discover_and_list_owned(
+            client, wanted, cfg.registration, namespaces,
+            hint=': install the CRDs of the shapes in mesh_registration_shapes (Istio for '
+                 'WorkloadEntry/WorkloadGroup/ServiceEntry, Contour for HTTPProxy)')
+        warnings.extend(list_warnings)
+        api_versions = dict((kind, kube.api_version(res)) for kind, res in resources.items())
         plan = reg.plan(cfg, api_versions, live)
         result['mode'] = plan.mode
         result['notes'] = list(plan.notes)
         if plan.errors:
-            module.fail_json(msg='invalid input, nothing was applied: ' + '; '.join(plan.errors),
-                             errors=list(plan.errors), **result)
-        for warning in reg.host_info_warnings(cfg, plan.desired):
-            module.warn(warning)
+            return failed('invalid input, nothing was applied: ' + '; '.join(plan.errors), errors=list(plan.errors))
+        warnings.extend(reg.host_info_warnings(cfg, plan.desired))
         # 4. Apply what differs, delete what is no longer desired.
         outcome = reconcile.reconcile(client, resources, plan.desired, live, plan.delete, plan.prune_all,
                                       cfg.registration, force=params['force'], adopt=params['adopt'],
-                                      check_mode=module.check_mode, want_diff=module._diff)
+                                      check_mode=check_mode, want_diff=want_diff)
     except kube.KubeError as exc:
-        if 'client' in locals():
+        if client is not None:
             result['requests'] = client.requests
-        module.fail_json(msg=exc.message, **dict(result, **exc.details))
+        return failed(exc.message, **exc.details)
     except Exception as exc:  # pylint: disable=broad-except
-        module.fail_json(msg='%s: %s' % (type(exc).__name__, kube.redact(str(exc))),
-                         exception=kube.redact(traceback.format_exc()), **result)
+        return failed('%s: %s' % (type(exc).__name__, kube.redact(str(exc))),
+                      exception=kube.redact(traceback.format_exc()))
+    finally:
+        if client is not None:
+            client.close()
 
     for warning in client.warnings:
         # Listing Endpoints (to prune them) warns on every run; say it only when asked to write them.
         if cfg.legacy_endpoints or 'Endpoints is deprecated' not in warning:
-            module.warn('Kubernetes API: %s' % warning)
+            warnings.append('Kubernetes API: %s' % warning)
     result.update(changed=outcome['changed'], counts=outcome['counts'], objects=outcome['objects'],
-                  requests=client.requests)
-    if module._diff:
+                  requests=client.requests, warnings=warnings)
+    if want_diff:
         result['diff'] = outcome['diff']
-    module.exit_json(**result)
+    return result
 
 
-def invocation(module):
+def invocation(params):
     """The module arguments echoed back, with a large desired set summarized (it can be thousands of hosts)."""
-    args = dict(module.params)
+    args = dict(params)
     for name in ('api_key', 'client_key'):
         if args.get(name) is not None:
             args[name] = 'VALUE_SPECIFIED_IN_NO_LOG_PARAMETER'

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -243,3 +245,50 @@ def test_role_records_host_info_and_a_version_given_to_the_role_wins_for_every_h
     _proc, out = playbook([str(path), "-i", str(inv)], tmp_path)
     assert {i["envoy_version"] for i in infos().values()} == {"1.40.0"}
     assert task_result(out, task)["changed"]  # the second play's run, after the first put 1.39.x back
+
+
+def test_the_worker_and_the_module_give_one_result(kube_api, ns, tmp_path):
+    """On the controller the action plugin runs the registration in Ansible's worker process; with anything the
+    worker does not have (here an ``environment``) the module runs. Same arguments, same result, no secret echoed."""
+    ran = tmp_path / "module-processes"
+    python = tmp_path / "python"  # counts the module processes
+    python.write_text(f'#!/bin/sh\necho ran >> "{ran}"\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    token = kube_api.token(kubeapi.REGISTRAR_NAMESPACE, kubeapi.REGISTRAR_NAME, expiration_seconds=600)
+    endpoints = [{"host": f"vm-{i}", "address": f"192.0.2.{i}", "service": f"svc-{i % 2}", "namespace": ns,
+                  "ports": {"http": 8080}} for i in range(1, 5)]
+
+    def task(name: str, auth: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"name": name, "fleetmesh.envoy.mesh_registration": dict(
+            auth, registration=name, shapes=["serviceentry"],
+            endpoints=[dict(e, service=f"{name}-{e['service']}") for e in endpoints]), **extra}
+
+    kubeconfig = {"kubeconfig": str(kube_api.registrar_kubeconfig)}
+    direct = {"host": kube_api.url, "api_key": token, "ca_cert": str(kube_api.ca_file)}
+    play = [{"name": "both", "hosts": "localhost", "gather_facts": False, "tasks": [
+        task("worker", kubeconfig), task("module", kubeconfig, environment={"FLEETMESH_TEST": "1"}),
+        task("worker-token", direct), task("module-token", direct, environment={"FLEETMESH_TEST": "1"})]}]
+    path = tmp_path / "both.yml"
+    path.write_text(yaml.safe_dump(play))
+    base = [str(path), "-i", "localhost,", "-c", "local", "-e", f"ansible_python_interpreter={python}"]
+
+    def same(worker: dict[str, Any], module: dict[str, Any], name: str) -> None:
+        def norm(result: dict[str, Any], who: str) -> str:
+            keep = {k: v for k, v in result.items() if k in ("changed", "counts", "objects", "mode", "notes",
+                                                             "requests", "invocation", "diff", "failed")}
+            return re.sub(rf'(?<![\w-]){re.escape(who)}(?=-svc-|")', "X", json.dumps(keep, sort_keys=True))
+        assert norm(worker, name) == norm(module, name.replace("worker", "module"))
+
+    for changed in (True, False):
+        ran.unlink(missing_ok=True)
+        proc, out = playbook([*base, "--diff"], tmp_path)
+        results = {name: task_result(out, name) for name in ("worker", "module", "worker-token", "module-token")}
+        assert ran.read_text().count("ran") == 2  # the two tasks with an environment, not the others
+        for name in ("worker", "worker-token"):
+            assert results[name]["changed"] is changed
+            same(results[name], results[name.replace("worker", "module")], name)
+        assert results["worker"]["requests"] == (7 if not changed else results["worker"]["requests"])
+        assert token not in proc.stdout
+        assert results["worker-token"]["invocation"]["module_args"]["api_key"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+    assert set(owned(kube_api, ns, "networking.istio.io/v1", "ServiceEntry")) == {
+        f"{who}-svc-{i}" for who in ("worker", "module", "worker-token", "module-token") for i in (0, 1)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -241,6 +242,46 @@ def test_a_noop_sends_no_request():
     assert out["counts"]["unchanged"] == 1 and not out["changed"] and client.requests == 0
 
 
+class ServedClient(kube.KubeClient):
+    """An API server that serves these (group, version, plural) and lists nothing; records each request path."""
+
+    def __init__(self, served):  # pylint: disable=super-init-not-called
+        self.url, self.parallel, self.requests, self.paths = "https://fake", 1, 0, []
+        self.served = served
+
+    def request(self, method, path, query=None, body=None, content_type=None, accept="application/json"):
+        self.requests += 1
+        self.paths.append(path)
+        parts = path.strip("/").split("/")
+        group, version = ("", parts[1]) if parts[0] == "api" else (parts[1], parts[2])
+        if len(parts) == (2 if parts[0] == "api" else 3):  # discovery
+            found = [{"name": p, "kind": k, "namespaced": True} for (g, v, p), k in self.served.items()
+                     if (g, v) == (group, version)]
+            return kube.Response(200 if found else 404, {"resources": found}, ())
+        if (group, version, parts[-1]) in self.served:
+            return kube.Response(200, {"items": [], "metadata": {}}, ())
+        return kube.Response(404, {"message": "not found"}, ())
+
+
+def test_kinds_served_where_expected_need_no_discovery_the_others_are_discovered():
+    wanted = [(k, g, v, k in ("Service", "WorkloadEntry")) for k, (g, v, _p) in reg.KINDS.items()]
+    served = {("", "v1", "services"): "Service", ("", "v1", "endpoints"): "Endpoints",
+              ("discovery.k8s.io", "v1", "endpointslices"): "EndpointSlice",
+              ("networking.istio.io", "v1beta1", "workloadentries"): "WorkloadEntry",
+              ("networking.istio.io", "v1", "serviceentries"): "ServiceEntry"}
+    client = ServedClient(served)
+    resources, objects, warnings = reconcile.discover_and_list_owned(client, wanted, "default")
+    assert resources == client.discover(wanted) and objects == [] and warnings == []
+    assert resources["WorkloadEntry"].version == "v1beta1" and list(resources) == [
+        "Service", "Endpoints", "EndpointSlice", "WorkloadEntry", "ServiceEntry"]
+    client = ServedClient({k: v for k, v in served.items() if v != "WorkloadEntry"})
+    with pytest.raises(kube.KubeError, match="does not serve WorkloadEntry"):
+        reconcile.discover_and_list_owned(client, wanted, "default")
+    client = ServedClient({("", "v1", "services"): "Service"})
+    reconcile.discover_and_list_owned(client, [("Service", "", ["v1"], True)], "default")
+    assert client.paths == ["/api/v1/services"]  # one list, no discovery
+
+
 # -- kubeconfigs and credentials, through the kubernetes package ----------------------------------------
 
 
@@ -319,6 +360,117 @@ def test_k8s_auth_environment_like_kubernetes_core(tmp_path):
     cfg = kube.load_configuration(auth)
     assert _bearer(cfg) == "Bearer env-file" and cfg.verify_ssl is False
     assert cfg.proxy_headers["proxy-authorization"] == "Basic " + base64.b64encode(b"u:p").decode()
+
+
+def _settings_of_package(auth):
+    """What the package's Configuration holds for these options, in PlainSettings' terms (file contents)."""
+    cfg = kube.load_configuration(auth)
+    bearer = cfg.auth_settings().get("BearerToken", {}).get("value")
+
+    def read(name):
+        return Path(name).read_text() if name else None
+    return {"host": cfg.host, "verify_ssl": cfg.verify_ssl, "tls_server_name": cfg.tls_server_name,
+            "authorization": bearer or None, "ca": read(cfg.ssl_ca_cert) or cfg.ca_cert_data,
+            "cert": read(cfg.cert_file), "key": read(cfg.key_file)}
+
+
+def _plain(auth):
+    settings = kube.plain_settings(auth)
+    assert settings is not None, auth
+
+    def read(name):
+        return Path(name).read_text() if name else None
+    return {"host": settings.host, "verify_ssl": settings.verify_ssl, "tls_server_name": settings.tls_server_name,
+            "authorization": settings.authorization, "ca": read(settings.ssl_ca_cert) or settings.ca_cert_data,
+            "cert": read(settings.cert_file), "key": read(settings.key_file)}
+
+
+def _b64(text):
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_static_credentials_are_read_without_the_package_to_the_same_settings(tmp_path, monkeypatch):
+    """Tokens and client certificates (files or data) are read by the layer itself, exactly as the package reads
+    them (importing the package is a quarter of a no-op run)."""
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "token").write_text("tok-from-file\n")
+    (tmp_path / "ca.pem").write_text("CA FILE")
+    (tmp_path / "c.pem").write_text("CERT FILE")
+    (tmp_path / "k.pem").write_text("KEY FILE")
+    data = {"client-certificate-data": _b64("CERT"), "client-key-data": _b64("KEY")}
+    files = {"client-certificate": "c.pem", "client-key": "k.pem"}
+    kubeconfigs = [
+        _write_kubeconfig(tmp_path / "a", {"token": "t1"}),
+        _write_kubeconfig(tmp_path / "b", {"tokenFile": "token"}, extra_cluster={"certificate-authority": "ca.pem"}),
+        _write_kubeconfig(tmp_path / "c", data),
+        _write_kubeconfig(tmp_path / "d", dict(files, token="t2"), extra_cluster={
+            "insecure-skip-tls-verify": True, "tls-server-name": "kubernetes.default"}),
+        _write_kubeconfig(tmp_path / "e", {"token": "t3"}, server="http://127.0.0.1:8080"),
+        _write_kubeconfig(tmp_path / "f", {"token": "", "tokenFile": "token"}),  # the token key wins, empty
+        _write_kubeconfig(tmp_path / "g", {}),
+    ]
+    for path in kubeconfigs:
+        for extra in ({}, {"api_key": "explicit", "validate_certs": False},
+                      {"host": "https://10.0.0.1:6443", "ca_cert": str(tmp_path / "ca.pem"),
+                       "client_cert": str(tmp_path / "c.pem"), "client_key": str(tmp_path / "k.pem")}):
+            auth = dict(extra, kubeconfig=str(path))
+            assert _plain(auth) == _settings_of_package(auth), (path.name, extra)
+    second = _write_kubeconfig(tmp_path / "two", {"token": "t4"}, context="two")
+    text = yaml.safe_load(second.read_text())
+    first = yaml.safe_load(kubeconfigs[0].read_text())
+    merged = dict(first, contexts=first["contexts"] + text["contexts"], clusters=first["clusters"] + text["clusters"],
+                  users=first["users"] + text["users"])
+    (tmp_path / "merged").write_text(json.dumps(merged))  # JSON is YAML
+    auth = {"kubeconfig": str(tmp_path / "merged"), "context": "two"}
+    assert _plain(auth) == _settings_of_package(auth) and _plain(auth)["authorization"] == "Bearer t4"
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfigs[2]))
+    assert _plain({}) == _settings_of_package({})
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    direct = {"host": "https://10.0.0.1:6443", "api_key": "abc", "validate_certs": False}
+    assert _plain(direct) == _settings_of_package(direct)
+
+
+def test_every_other_kubeconfig_goes_to_the_package(tmp_path, monkeypatch):
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    plain = _write_kubeconfig(tmp_path / "plain", {"token": "t"})
+    noca = _write_kubeconfig(tmp_path / "noca", {"token": "t"})
+    config = yaml.safe_load(noca.read_text())
+    config["clusters"][0]["cluster"] = {"server": "https://127.0.0.1:6443", "certificate-authority": "missing.pem"}
+    noca.write_text(yaml.safe_dump(config))
+    broken = tmp_path / "broken"
+    broken.write_text("clusters: [\n  - {name: x\n")
+    others = [
+        {"kubeconfig": str(_write_kubeconfig(tmp_path / "exec", {"exec": {"command": "x"}}))},
+        {"kubeconfig": str(_write_kubeconfig(tmp_path / "oidc", {"auth-provider": {"name": "oidc"}}))},
+        {"kubeconfig": str(_write_kubeconfig(tmp_path / "basic", {"username": "u", "password": "p"}))},
+        {"kubeconfig": str(_write_kubeconfig(tmp_path / "proxy", {"token": "t"},
+                                             extra_cluster={"proxy-url": "http://proxy.invalid:3128"}))},
+        {"kubeconfig": str(noca)},
+        {"kubeconfig": str(plain), "proxy": "http://proxy.invalid:3128"},
+        {"kubeconfig": str(plain), "persist_config": True},
+        {"kubeconfig": str(plain), "context": "nope"},
+        {"kubeconfig": str(tmp_path / "absent")},
+        {"kubeconfig": str(broken)},
+    ]
+    for auth in others:
+        assert kube.plain_settings(auth) is None, auth
+    monkeypatch.setenv("KUBECONFIG", f"{plain}:{plain}")
+    assert kube.plain_settings({}) is None  # several files: merged by the package
+    monkeypatch.delenv("KUBECONFIG")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert kube.plain_settings({"kubeconfig": str(plain)}) is None
+
+
+def test_a_plain_kubeconfig_does_not_import_the_package(tmp_path):
+    path = _write_kubeconfig(tmp_path / "k", {"token": "t"})
+    code = ("import sys; from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.kube import client; "
+            f"c = client.client_from_params({{'kubeconfig': {str(path)!r}}}, environ={{}}); "
+            "print(type(c._cfg).__name__, 'kubernetes' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": ":".join(sys.path), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == ["PlainSettings", "False"], out
 
 
 class FakeAPI:

@@ -7,7 +7,8 @@
 
 """Reconciling a registration set: ownership, no-op detection and prune (the objects come from registration.py).
 
-``list_owned`` reads what a registration set owns (one list request per kind, by the ownership labels).
+``list_owned`` reads what a registration set owns (one list request per kind, by the ownership labels);
+``discover_and_list_owned`` does it in the same round as discovery.
 ``reconcile`` compares the desired objects with them, applies what differs and deletes what is no longer
 desired:
 
@@ -80,6 +81,35 @@ def list_owned(client: KubeClient, resources: Mapping[str, Resource], registrati
                 raise error
             objects.extend(items)
     return objects, warnings
+
+
+def discover_and_list_owned(client: KubeClient, wanted: Sequence[Tuple[str, str, Sequence[str], bool]],
+                            registration: str, namespaces: Optional[Sequence[str]] = None,
+                            hint: str = '') -> Tuple[Dict[str, Resource], List[Dict[str, Any]], List[str]]:
+    """``KubeClient.discover(wanted)`` and ``list_owned`` in one round when the API server serves each kind at its
+    first version under its usual plural (the kinds of a registration set are all namespaced): a list that
+    answers 200 there is what discovery would find. Kinds whose list does not answer 200 are discovered and
+    listed as before (missing kinds, other versions, a list forbidden in all namespaces).
+
+    Returns (resources, objects, warnings).
+    """
+    selector = ownership_selector(registration)
+    guesses = [Resource(group, versions[0], kind, reg.KINDS[kind][2], True)
+               for kind, group, versions, _required in wanted]
+    resources, objects, unsure = OrderedDict(), [], set()  # type: Dict[str, Resource], List[Dict[str, Any]], set
+    for res, items, error in client.map(lambda r: client.list(r, selector), guesses):
+        if error is None:
+            resources[res.kind] = res
+            objects.extend(items)
+        else:
+            unsure.add(res.kind)
+    warnings = []  # type: List[str]
+    if unsure:
+        found = client.discover([w for w in wanted if w[0] in unsure], hint=hint)
+        more, warnings = list_owned(client, found, registration, namespaces)
+        resources.update(found)
+        objects.extend(more)
+    return OrderedDict((w[0], resources[w[0]]) for w in wanted if w[0] in resources), objects, warnings
 
 
 def reconcile(client: KubeClient, resources: Mapping[str, Resource], desired: Sequence[Mapping],

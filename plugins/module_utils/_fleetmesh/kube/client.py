@@ -5,27 +5,33 @@
 # Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
 # Do not use this from other collections or standalone plugins/modules!
 
-"""Transport and authentication: one client per run, with everything from the ``kubernetes`` package.
+"""Transport and authentication: one client per run, with the ``kubernetes`` package's kubeconfig handling.
 
 Where the cluster is and how to authenticate come from the ``kubernetes`` package: kubeconfig files (merged
 as kubectl merges ``$KUBECONFIG``), exec credential plugins, OIDC and the other auth providers, tokens and
 token files, client certificates, proxies (``proxy-url``, HTTP and SOCKS, ``no_proxy``) and, as the last
 resort, the in-cluster service account. Options given to a plugin override the kubeconfig's; an option that
-is not given is read from ``K8S_AUTH_<OPTION>`` in the environment, as kubernetes.core reads it.
+is not given is read from ``K8S_AUTH_<OPTION>`` in the environment, as kubernetes.core reads it. A kubeconfig
+with static credentials only (a token or a client certificate, no proxy) is read here instead, to the same
+settings (``plain_settings``), without importing the package (a quarter of a second).
 
-Requests go through the package's REST transport (``kubernetes.client.rest``: one urllib3 pool sized to the
-parallelism, thread safe) with the package's credentials, which it refreshes when they expire. Bodies are
-plain JSON, never the package's generated models, so that thousands of objects cost what their JSON costs.
-``KubeClient.map`` runs requests in parallel on a bounded pool.
+Requests go to one urllib3 pool sized to the parallelism, thread safe: the package's REST transport's pool
+(``kubernetes.client.rest``), with the package's credentials, which it refreshes when they expire; or for static
+credentials a pool built the same way. Bodies are plain JSON, never the package's generated models, so that
+thousands of objects cost what their JSON costs. ``KubeClient.map`` runs requests in parallel on a bounded pool.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import base64
+import importlib.util
 import json
 import os
 import re
+import ssl
+import tempfile
 import threading
 import traceback
 from collections import OrderedDict, namedtuple
@@ -33,6 +39,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import quote, urlencode
+from urllib.request import getproxies
 
 from ansible.module_utils.basic import missing_required_lib
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.kube.args import (
@@ -40,13 +47,10 @@ from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.kube.ar
     PROXY_HEADERS_SPEC,
 )
 
+# The kubernetes package is imported when a kubeconfig needs it (see plain_settings): importing it costs about
+# 0.25 s of every run (oauthlib, requests, pydantic, dateutil, PyYAML, ...).
 try:
     import urllib3
-    from kubernetes import config as kube_config
-    from kubernetes.client import Configuration
-    from kubernetes.client.exceptions import ApiException
-    from kubernetes.client.rest import RESTClientObject
-    from kubernetes.config.config_exception import ConfigException
     try:
         from urllib3 import HTTPHeaderDict  # one header per impersonated group
     except ImportError:  # urllib3 1.26
@@ -55,8 +59,20 @@ except ImportError:
     HAS_KUBERNETES = False
     KUBERNETES_IMPORT_ERROR = traceback.format_exc()
 else:
-    HAS_KUBERNETES = True
-    KUBERNETES_IMPORT_ERROR = None
+    HAS_KUBERNETES = importlib.util.find_spec('kubernetes') is not None
+    KUBERNETES_IMPORT_ERROR = None if HAS_KUBERNETES else "ModuleNotFoundError: No module named 'kubernetes'"
+
+
+def _kubernetes() -> Any:
+    """The parts of the kubernetes package the layer uses (imported on first use)."""
+    from kubernetes import config as kube_config
+    from kubernetes.client import Configuration
+    from kubernetes.client.rest import RESTClientObject
+    from kubernetes.config.config_exception import ConfigException
+    return _Package(kube_config, Configuration, RESTClientObject, ConfigException)
+
+
+_Package = namedtuple('_Package', ['kube_config', 'Configuration', 'RESTClientObject', 'ConfigException'])
 
 DEFAULT_PARALLEL = 8
 MAX_PARALLEL = 64
@@ -164,42 +180,45 @@ def _env_option(name: str, spec: Mapping, environ: Mapping) -> Any:
     return None
 
 
-def load_configuration(auth: Mapping) -> 'Configuration':
+def load_configuration(auth: Mapping) -> Any:
     """A ``kubernetes.client.Configuration`` for the options (see ``auth_options``), never the package's global one.
 
     A kubeconfig is read unless a host with a token or a client certificate and key is given without one
     (or a context). Without a kubeconfig option: ``$KUBECONFIG`` (merged) or ``~/.kube/config``, then the
     in-cluster service account when running in a pod.
     """
-    cfg = Configuration()
+    cfg = _kubernetes().Configuration()
     direct = auth.get('host') and (auth.get('api_key') or (auth.get('client_cert') and auth.get('client_key')))
     if auth.get('kubeconfig') or auth.get('context') or not direct:
         _load_kubeconfig(cfg, auth.get('kubeconfig'), auth.get('context'), bool(auth.get('persist_config')))
-    for option, attribute in (('host', 'host'), ('ca_cert', 'ssl_ca_cert'), ('client_cert', 'cert_file'),
-                              ('client_key', 'key_file'), ('validate_certs', 'verify_ssl'), ('proxy', 'proxy'),
-                              ('no_proxy', 'no_proxy')):
-        if auth.get(option) is not None:
-            setattr(cfg, attribute, auth[option])
+    overrides = [(attribute, auth[option]) for option, attribute in (
+        ('host', 'host'), ('ca_cert', 'ssl_ca_cert'), ('client_cert', 'cert_file'), ('client_key', 'key_file'),
+        ('validate_certs', 'verify_ssl'), ('proxy', 'proxy'), ('no_proxy', 'no_proxy')) if auth.get(option) is not None]
+    for attribute, value in overrides:
+        setattr(cfg, attribute, value)
     if auth.get('api_key'):
         token = auth['api_key']
         cfg.api_key = {'BearerToken': token if token.startswith('Bearer ') else 'Bearer ' + token}
         cfg.refresh_api_key_hook = None  # not the kubeconfig's credentials any more
-    _strip_tokens(cfg)
+    _strip_tokens(cfg, overrides)
     if auth.get('proxy_headers'):
         cfg.proxy_headers = urllib3.util.make_headers(**dict((k, v) for k, v in auth['proxy_headers'].items()
                                                              if v is not None))
     return cfg
 
 
-def _strip_tokens(cfg: 'Configuration') -> None:
+def _strip_tokens(cfg: Any, overrides: Sequence[Tuple[str, Any]] = ()) -> None:
     """Tokens without the line end of a token file (the package keeps it; kubectl does not), also when the
-    package refreshes them."""
+    package refreshes them; and the options' overrides kept (the package's refresh sets the kubeconfig's host,
+    CA and client certificate again)."""
     refresh = cfg.refresh_api_key_hook
 
     def strip(conf):
         if refresh is not None:
             refresh(conf)  # the package's hook sets the token again, and itself as the hook
             conf.refresh_api_key_hook = strip
+            for attribute, value in overrides:
+                setattr(conf, attribute, value)
         for key, value in list(conf.api_key.items()):
             if isinstance(value, str):
                 conf.api_key[key] = value.strip()
@@ -209,7 +228,7 @@ def _strip_tokens(cfg: 'Configuration') -> None:
         cfg.refresh_api_key_hook = strip
 
 
-def _load_kubeconfig(cfg: 'Configuration', path: Optional[str], context: Optional[str], persist: bool) -> None:
+def _load_kubeconfig(cfg: Any, path: Optional[str], context: Optional[str], persist: bool) -> None:
     where = path or '(default: $KUBECONFIG or ~/.kube/config)'
     if path:
         path = os.path.expanduser(path)
@@ -221,15 +240,16 @@ def _load_kubeconfig(cfg: 'Configuration', path: Optional[str], context: Optiona
         if not any(os.path.isfile(os.path.expanduser(p)) for p in path.split(os.pathsep) if p):
             if os.environ.get('KUBERNETES_SERVICE_HOST') and not context:
                 try:
-                    kube_config.load_incluster_config(client_configuration=cfg)
-                except (ConfigException, OSError) as exc:
+                    _kubernetes().kube_config.load_incluster_config(client_configuration=cfg)
+                except (_kubernetes().ConfigException, OSError) as exc:
                     raise KubeError('cannot load the in-cluster configuration: %s' % redact(str(exc))) from None
                 return
             raise KubeError('cannot load the kubeconfig %s: no such file, and not running in a cluster' % where)
+    pkg = _kubernetes()
     try:
-        kube_config.load_kube_config(config_file=path, context=context or _first_current_context(path),
-                                     client_configuration=cfg, persist_config=persist)
-    except (ConfigException, OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        pkg.kube_config.load_kube_config(config_file=path, context=context or _first_current_context(path),
+                                         client_configuration=cfg, persist_config=persist)
+    except (pkg.ConfigException, OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise KubeError('cannot load the kubeconfig %s%s: %s'
                         % (where, ' (context %s)' % json.dumps(context) if context else '',
                            _context_problem(path, context) or redact(str(exc)))) from None
@@ -241,7 +261,7 @@ def _first_current_context(paths: str) -> Optional[str]:
     files = [os.path.expanduser(p) for p in paths.split(os.pathsep) if p]
     for path in [p for p in files if os.path.isfile(p)] if len(files) > 1 else []:
         try:
-            return kube_config.list_kube_config_contexts(path)[1]['name']
+            return _kubernetes().kube_config.list_kube_config_contexts(path)[1]['name']
         except Exception:  # pylint: disable=broad-except
             continue  # no current-context there
     return None
@@ -252,13 +272,164 @@ def _context_problem(path: str, context: Optional[str]) -> Optional[str]:
     if not context:
         return None
     try:
-        contexts, _current = kube_config.list_kube_config_contexts(path)
+        contexts, _current = _kubernetes().kube_config.list_kube_config_contexts(path)
     except Exception:  # pylint: disable=broad-except
         return None
     names = [str(c.get('name')) for c in contexts or []]
     if context in names:
         return None
     return 'context %s not found (contexts: %s)' % (json.dumps(context), ', '.join(names) or 'none')
+
+
+# A kubeconfig whose user and cluster have only these keys (static credentials) is read here, to the settings the
+# package gives it (tests/unit/test_kube_layer.py compares the two), without importing the package. Everything
+# else goes to the package: exec plugins, auth providers, user names and passwords, proxies (proxy-url, options
+# or environment), several files in $KUBECONFIG, the in-cluster account, persist_config, and any kubeconfig that
+# does not read cleanly (the package then says what is wrong with it).
+PLAIN_USER_KEYS = frozenset(('token', 'tokenFile', 'client-certificate', 'client-certificate-data', 'client-key',
+                             'client-key-data'))
+PLAIN_CLUSTER_KEYS = frozenset(('server', 'certificate-authority', 'certificate-authority-data',
+                                'insecure-skip-tls-verify', 'tls-server-name'))
+_TEMP_FILES = []  # type: List[str]
+
+
+class PlainSettings:
+    """What a ``kubernetes.client.Configuration`` holds for a kubeconfig with static credentials."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.ssl_ca_cert = None  # type: Optional[str]
+        self.ca_cert_data = None  # type: Optional[str]
+        self.cert_file = None  # type: Optional[str]
+        self.key_file = None  # type: Optional[str]
+        self.verify_ssl = True
+        self.tls_server_name = None  # type: Optional[str]
+        self.authorization = None  # type: Optional[str]
+
+
+class _NotPlain(Exception):
+    """The kubeconfig needs the package."""
+
+
+def plain_settings(auth: Mapping) -> Optional[PlainSettings]:
+    """The settings of the options (see ``auth_options``) when they need nothing from the package, else None."""
+    if auth.get('persist_config') or auth.get('proxy') or auth.get('proxy_headers') or \
+            any(k != 'no' for k in getproxies()):
+        return None
+    try:
+        direct = auth.get('host') and (auth.get('api_key') or (auth.get('client_cert') and auth.get('client_key')))
+        if auth.get('kubeconfig') or auth.get('context') or not direct:
+            settings = _plain_kubeconfig(auth.get('kubeconfig'), auth.get('context'))
+        else:
+            settings = PlainSettings('http://localhost')  # the package's default host, as a Configuration()
+    except Exception:  # pylint: disable=broad-except
+        return None  # _NotPlain, or a kubeconfig the package reads (or names what is wrong with)
+    for option, attribute in (('host', 'host'), ('ca_cert', 'ssl_ca_cert'), ('client_cert', 'cert_file'),
+                              ('client_key', 'key_file'), ('validate_certs', 'verify_ssl')):
+        if auth.get(option) is not None:
+            setattr(settings, attribute, auth[option])
+            if option == 'ca_cert':
+                settings.ca_cert_data = None
+    if auth.get('api_key'):
+        token = auth['api_key']
+        settings.authorization = token if token.startswith('Bearer ') else 'Bearer ' + token
+    if settings.authorization is not None:
+        settings.authorization = settings.authorization.strip()  # as _strip_tokens
+    return settings
+
+
+def _plain_kubeconfig(path: Optional[str], context: Optional[str]) -> PlainSettings:
+    if path:
+        path = os.path.expanduser(path)
+    else:
+        paths = [p for p in (os.environ.get('KUBECONFIG') or '~/.kube/config').split(os.pathsep) if p]
+        if len(paths) != 1:
+            raise _NotPlain()  # merged as kubectl merges them: the package
+        path = os.path.expanduser(paths[0])
+    with open(path) as stream:
+        text = stream.read()
+    if text.lstrip().startswith('{'):
+        config = json.loads(text)
+    else:
+        import yaml
+        config = yaml.load(text, Loader=getattr(yaml, 'CSafeLoader', yaml.SafeLoader))
+    context = context or config['current-context']
+    ctx = _named(config.get('contexts'), context)['context']
+    user = {}  # type: Mapping
+    if ctx.get('user') and config.get('users'):
+        entries = [u for u in config['users'] if u['name'] == ctx['user']]
+        if len(entries) > 1:
+            raise _NotPlain()
+        user = entries[0]['user'] if entries else {}
+    cluster = _named(config.get('clusters'), ctx['cluster'])['cluster']
+    if not isinstance(user, Mapping) or not isinstance(cluster, Mapping) or set(user) - PLAIN_USER_KEYS or \
+            set(cluster) - PLAIN_CLUSTER_KEYS or not cluster.get('server'):
+        raise _NotPlain()
+    base = os.path.abspath(os.path.dirname(path))
+    settings = PlainSettings(cluster['server'].rstrip('/'))
+    if settings.host.startswith('https'):
+        if 'certificate-authority-data' in cluster:
+            settings.ca_cert_data = _file_or_data(cluster, 'certificate-authority', base, as_file=False)
+        else:
+            settings.ssl_ca_cert = _file_or_data(cluster, 'certificate-authority', base)
+        settings.cert_file = _file_or_data(user, 'client-certificate', base)
+        settings.key_file = _file_or_data(user, 'client-key', base)
+    if 'insecure-skip-tls-verify' in cluster:
+        settings.verify_ssl = not cluster['insecure-skip-tls-verify']
+    if 'tls-server-name' in cluster:
+        settings.tls_server_name = cluster['tls-server-name']
+    if 'token' in user:
+        token = user['token']
+    elif 'tokenFile' in user:
+        with open(os.path.normpath(os.path.join(base, user['tokenFile']))) as stream:
+            token = stream.read()
+    else:
+        token = None
+    if token:
+        settings.authorization = 'Bearer %s' % token
+    return settings
+
+
+def _named(entries: Any, name: Any) -> Mapping:
+    """The one entry of a kubeconfig list with that name."""
+    found = [e for e in entries if e['name'] == name]
+    if len(found) != 1:
+        raise _NotPlain()
+    return found[0]
+
+
+def _file_or_data(obj: Mapping, key: str, base: str, as_file: bool = True) -> Optional[str]:
+    """As the package reads KEY-data (base64, preferred when present) or KEY (a file, relative to the kubeconfig):
+    a file name, or with ``as_file=False`` the PEM text of KEY-data."""
+    if key + '-data' in obj:
+        data = obj[key + '-data']
+        if not data:
+            return None
+        raw = base64.standard_b64decode(data.encode() if isinstance(data, str) else data)
+        if not as_file:
+            return raw.decode('ascii')
+        fd, name = tempfile.mkstemp(prefix='fleetmesh-kube-')  # mode 0600, removed when the process ends
+        _TEMP_FILES.append(name)
+        if len(_TEMP_FILES) == 1:
+            import atexit
+            atexit.register(_remove_temp_files)
+        with os.fdopen(fd, 'wb') as stream:
+            stream.write(raw)
+        return name
+    if key in obj:
+        name = os.path.normpath(os.path.join(base, obj[key]))
+        if not os.path.isfile(name):
+            raise _NotPlain()  # the package names the missing file
+        return name
+    return None
+
+
+def _remove_temp_files() -> None:
+    for name in _TEMP_FILES:
+        try:
+            os.remove(name)
+        except OSError:
+            pass
 
 
 def client_from_params(params: Mapping, parallel: int = DEFAULT_PARALLEL,
@@ -272,8 +443,8 @@ def client_from_params(params: Mapping, parallel: int = DEFAULT_PARALLEL,
         headers['Impersonate-User'] = auth['impersonate_user']
     if auth.get('impersonate_groups'):
         headers['Impersonate-Group'] = list(auth['impersonate_groups'])
-    return KubeClient(load_configuration(auth), parallel=parallel, request_timeout=auth.get('request_timeout') or 30,
-                      headers=headers)
+    settings = plain_settings(auth) or load_configuration(auth)
+    return KubeClient(settings, parallel=parallel, request_timeout=auth.get('request_timeout') or 30, headers=headers)
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,40 +452,70 @@ def client_from_params(params: Mapping, parallel: int = DEFAULT_PARALLEL,
 # --------------------------------------------------------------------------------------------
 
 class KubeClient:
-    """Talk to one API server with a ``kubernetes.client.Configuration``, in parallel."""
+    """Talk to one API server, in parallel: with a ``kubernetes.client.Configuration`` (credentials the package
+    refreshes, proxies) or ``PlainSettings`` (static credentials)."""
 
-    def __init__(self, configuration: 'Configuration', parallel: int = DEFAULT_PARALLEL, request_timeout: int = 30,
+    def __init__(self, configuration: Any, parallel: int = DEFAULT_PARALLEL, request_timeout: int = 30,
                  headers: Optional[Mapping[str, Any]] = None) -> None:
         self.parallel = max(1, min(int(parallel or DEFAULT_PARALLEL), MAX_PARALLEL))
         self.url = (configuration.host or '').rstrip('/')
         if not self.url:
             raise KubeError('no API server URL: the kubeconfig names no server and no host was given')
-        configuration.connection_pool_maxsize = self.parallel
-        configuration.retries = urllib3.Retry(total=3, connect=2, read=0, status=2, backoff_factor=0.2,
-                                              status_forcelist=(429, 503), allowed_methods=None,
-                                              raise_on_status=False, respect_retry_after_header=True)
+        retries = urllib3.Retry(total=3, connect=2, read=0, status=2, backoff_factor=0.2,
+                                status_forcelist=(429, 503), allowed_methods=None,
+                                raise_on_status=False, respect_retry_after_header=True)
         if not configuration.verify_ssl:
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self._cfg = configuration
-        self._rest = RESTClientObject(configuration)
-        self._timeout = (min(10, request_timeout), request_timeout)
-        self._extra = [(name, value) for name, values in (headers or {}).items()
-                       for value in (values if isinstance(values, list) else [values])]
+        if isinstance(configuration, PlainSettings):
+            # What the package's RESTClientObject builds for these settings: one pool, kept alive, sized to parallel.
+            pool_args = dict(cert_reqs=ssl.CERT_REQUIRED if configuration.verify_ssl else ssl.CERT_NONE,
+                             ca_certs=configuration.ssl_ca_cert, ca_cert_data=configuration.ca_cert_data,
+                             cert_file=configuration.cert_file, key_file=configuration.key_file, retries=retries,
+                             maxsize=self.parallel)
+            if configuration.tls_server_name:
+                pool_args['server_hostname'] = configuration.tls_server_name
+            self._pool = urllib3.PoolManager(**pool_args)
+            self._config_error = ()  # type: Any
+        else:
+            pkg = _kubernetes()
+            configuration.connection_pool_maxsize = self.parallel
+            configuration.retries = retries
+            # Fixed now, as the transport takes it now: else the package works the proxy out of the environment
+            # again whenever it sets the token again, that is on every request.
+            configuration.proxy = configuration.proxy
+            self._pool = pkg.RESTClientObject(configuration).pool_manager
+            self._config_error = pkg.ConfigException
+        self._timeout = urllib3.Timeout(connect=min(10, request_timeout), read=request_timeout)
+        extra = [(name, value) for name, values in (headers or {}).items()
+                 for value in (values if isinstance(values, list) else [values])]
+        self._base = OrderedDict([('User-Agent', USER_AGENT)])
+        self._extra = []  # type: List[Tuple[str, str]]
+        for name, value in extra:
+            if name in self._base:
+                self._extra.append((name, value))  # a second value of a header (impersonated groups)
+            else:
+                self._base[name] = value
         self._warnings = OrderedDict()  # type: Dict[str, None]
         self._lock = threading.Lock()
         self.requests = 0
 
     def close(self) -> None:
-        self._rest.close()
+        self._pool.clear()
 
     # -- plumbing ------------------------------------------------------------------------------
 
     def _headers(self, content_type: Optional[str], accept: str) -> Any:
-        headers = HTTPHeaderDict({'Accept': accept, 'User-Agent': USER_AGENT})
+        headers = (HTTPHeaderDict if self._extra else dict)(self._base)
+        headers['Accept'] = accept
         if content_type:
             headers['Content-Type'] = content_type
         for name, value in self._extra:
             headers.add(name, value)
+        if isinstance(self._cfg, PlainSettings):
+            if self._cfg.authorization:
+                headers['authorization'] = self._cfg.authorization
+            return headers
         # The package's credentials: it runs exec plugins and refreshes OIDC and expiring tokens here.
         for auth in self._cfg.auth_settings().values():
             if auth.get('in') == 'header' and auth.get('value'):
@@ -324,17 +525,18 @@ class KubeClient:
     def request(self, method: str, path: str, query: Optional[Sequence[Tuple[str, str]]] = None, body: Any = None,
                 content_type: Optional[str] = None, accept: str = 'application/json') -> Response:
         url = self.url + path + ('?' + urlencode(list(query)) if query else '')
+        data = None
         if body is not None:
             content_type = content_type or 'application/json'
+            # JSON is YAML: apply patches (application/apply-patch+yaml) are sent as JSON too.
+            data = body if isinstance(body, bytes) else json.dumps(body, separators=(',', ':')).encode('utf-8')
         try:
-            resp = self._rest.request(method, url, headers=self._headers(content_type, accept), body=body,
-                                      _request_timeout=self._timeout)
-            raw = resp.read()
-        except ApiException as exc:  # the transport's TLS errors
-            raise KubeError('cannot reach the Kubernetes API at %s: %s' % (self.url, _reason(exc.reason))) from None
-        except urllib3.exceptions.HTTPError as exc:
+            resp = self._pool.request(method, url, body=data, headers=self._headers(content_type, accept),
+                                      timeout=self._timeout)
+            raw = resp.data
+        except urllib3.exceptions.HTTPError as exc:  # also TLS errors
             raise KubeError('cannot reach the Kubernetes API at %s: %s' % (self.url, _reason(exc))) from None
-        except ConfigException as exc:  # refreshing the credentials (exec plugin, OIDC)
+        except self._config_error as exc:  # refreshing the credentials (exec plugin, OIDC)
             raise KubeError('cannot get credentials for the Kubernetes API at %s: %s'
                             % (self.url, redact(str(exc)))) from None
         with self._lock:
