@@ -131,8 +131,14 @@ class Istiod:
 
     def __init__(self, api: kubeapi.KubeAPI, state_dir: str | os.PathLike[str], *,
                  cacerts: dict[str, bytes] | None = None, trust_domain: str = DOMAIN,
-                 extra_env: dict[str, str] | None = None, startup_timeout: float = 90.0):
+                 extra_env: dict[str, str] | None = None, startup_timeout: float = 90.0,
+                 secure_grpc_address: tuple[str, int] | None = None):
+        """``secure_grpc_address``: (host, port) for the secure gRPC port (xDS and CA) instead of a free port on
+        127.0.0.1, e.g. the lab network's host-side address and 15012 so the lab VMs reach it (every other
+        listener stays on loopback)."""
         self.api = api
+        self.secure_grpc_address = secure_grpc_address
+        self.secure_grpc_host = _LOCALHOST
         self.state_dir = Path(state_dir).resolve()
         self.cacerts = cacerts
         self.trust_domain = trust_domain
@@ -169,6 +175,9 @@ class Istiod:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         names = ("http", "https", "grpc", "secure_grpc", "monitoring", "ctrlz")
         self.ports = dict(zip(names, kubeapi.distinct_free_ports(len(names)), strict=True))
+        self.secure_grpc_host = _LOCALHOST
+        if self.secure_grpc_address is not None:
+            self.secure_grpc_host, self.ports["secure_grpc"] = self.secure_grpc_address
         self.api.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])
         if self.cacerts is not None:
             self.api.apply([{
@@ -197,6 +206,9 @@ class Istiod:
             # The proxies here are upstream Envoy (the istio-sidecar package's, tools/fetch-envoy.sh), not Istio's
             # proxy build: it has no istio.metadata_exchange filter and NACKs every cluster and listener that uses it.
             "PILOT_ENABLE_METADATA_EXCHANGE": "false",
+            # Nor Istio's istio.alpn HTTP filter, which istiod puts in every outbound HTTP listener (the lab VMs'
+            # 0.0.0.0_8080 once the web service has endpoints): upstream Envoy NACKs the listener without this.
+            "PILOT_ENABLE_ALPN_FILTER": "false",
             **self.extra_env,
         }
         argv = [
@@ -209,7 +221,7 @@ class Istiod:
             f"--httpAddr={_LOCALHOST}:{self.ports['http']}",
             f"--httpsAddr={_LOCALHOST}:{self.ports['https']}",
             f"--grpcAddr={_LOCALHOST}:{self.ports['grpc']}",
-            f"--secureGRPCAddr={_LOCALHOST}:{self.ports['secure_grpc']}",
+            f"--secureGRPCAddr={self.secure_grpc_host}:{self.ports['secure_grpc']}",
             f"--monitoringAddr={_LOCALHOST}:{self.ports['monitoring']}",
             f"--ctrlz_address={_LOCALHOST}", f"--ctrlz_port={self.ports['ctrlz']}",
             "--profile=false",
@@ -283,7 +295,7 @@ class Istiod:
         (work / "csr.pem").write_text(csr_pem)
         kubeapi._write_private(work / "token", token.encode())
         proc = subprocess.run(
-            [SYSTEM_PYTHON, str(CA_CLIENT), "--target", f"{_LOCALHOST}:{self.secure_grpc_port}",
+            [SYSTEM_PYTHON, str(CA_CLIENT), "--target", f"{self.secure_grpc_host}:{self.secure_grpc_port}",
              "--root", str(work / "root.pem"), "--csr", str(work / "csr.pem"), "--token-file", str(work / "token"),
              "--server-name", SERVER_NAME, "--validity", str(validity_seconds)],
             capture_output=True, text=True, check=False, timeout=timeout,
@@ -313,7 +325,7 @@ def start_pilot_agent(pilot: Istiod, work_dir: Path, namespace: str, service_acc
     names = ("admin", "status", "envoy_status", "envoy_prometheus")
     ports = dict(zip(names, kubeapi.distinct_free_ports(len(names)), strict=True))
     proxy_config = {
-        "discoveryAddress": f"{_LOCALHOST}:{pilot.secure_grpc_port}",
+        "discoveryAddress": f"{pilot.secure_grpc_host}:{pilot.secure_grpc_port}",
         "binaryPath": str(envoy),
         "configPath": str(work_dir / "etc" / "istio" / "proxy"),
         "proxyAdminPort": ports["admin"],
