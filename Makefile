@@ -67,7 +67,7 @@ demo-down: lab-down
 # a failed lab-down after a passing run fails the target).
 test: setup doctor kube-build
 	@tools/lab/lab.sh down >/dev/null
-	pytest -p no:cacheprovider --durations=25 tests/quality tests/unit tests/integration tests/molecule; rc=$$?; \
+	pytest -p no:cacheprovider --durations=60 tests/quality tests/unit tests/integration tests/molecule; rc=$$?; \
 	  tools/lab/lab.sh down || { [ $$rc -ne 0 ] || rc=2; }; exit $$rc
 
 lint: setup

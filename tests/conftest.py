@@ -7,9 +7,10 @@
   a second pytest (another checkout, another terminal) waits, saying for what, instead of replacing the lab under
   the first one. Processes started while the lock is held inherit FLEETMESH_LAB_LOCKED and do not take it again.
 * The molecule scenarios start when a session that collected them begins (tests/molecule/runner.py), next to the
-  quality and unit tests, which touch no container; the first integration test waits until they have ended (lab
-  tests take the lab network down, and the molecule instances with it). FLEETMESH_MOLECULE_EARLY=0 starts them at
-  their own tests instead.
+  quality and unit tests, which touch no container, and they go on next to the integration tests (their instances
+  sit on the lab network at their own fixed addresses, .6 to .9, below the lab VMs'). Only a test marked
+  `lab_network_down` (it takes the lab network down, and the molecule instances with it) waits until they have
+  ended. FLEETMESH_MOLECULE_EARLY=0 starts them at their own tests instead.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ LAB_LOCK = Path(os.environ.get("FLEETMESH_LAB_LOCK", "/var/tmp/fleetmesh-lab.loc
 _LAB_DIRS = (ROOT / "tests" / "integration", ROOT / "tests" / "molecule")
 _lab_lock_fd: list[int] = []
 _MOLECULE_DIR = ROOT / "tests" / "molecule"
-_INTEGRATION_DIR = ROOT / "tests" / "integration"
 _molecule_early: list[bool] = []  # [waited?] once the runs were started at the session's beginning
 
 if str(COLLECTIONS) not in sys.path:
@@ -85,10 +85,11 @@ def pytest_collection_finish(session):
 
 @pytest.hookimpl(tryfirst=True)  # before the test's fixtures (a module's lab fixture brings the lab up)
 def pytest_runtest_setup(item):
-    """The first integration test of a session that started the molecule scenarios waits until they have ended."""
-    if _molecule_early and not _molecule_early[0] and Path(str(item.path)).is_relative_to(_INTEGRATION_DIR):
+    """A test that takes the lab network down waits until the molecule scenarios started with the session have ended."""
+    if _molecule_early and not _molecule_early[0] and item.get_closest_marker("lab_network_down"):
         from tests.molecule import runner  # pylint: disable=import-outside-toplevel
 
-        sys.stderr.write("\nwaiting for the molecule scenarios to end before the lab tests ...\n")
+        sys.stderr.write(f"\nwaiting for the molecule scenarios to end before {item.nodeid} (it takes the lab network "
+                         "down) ...\n")
         runner.wait()
         _molecule_early[0] = True

@@ -120,10 +120,14 @@ def api(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fresh_lab():
-    # Fresh VMs: nothing of the collection on them yet, so any change would show.
-    proc = subprocess.run([str(ROOT / "tools/lab/lab.sh"), "down"], env=env(), capture_output=True, text=True,
-                          check=False, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    # Fresh VMs: nothing of the collection on them yet, so any change would show. Only the VMs are removed (lab.sh
+    # up makes them again): the lab network stays, with fm-repo and the molecule instances that may be running on it.
+    ids = subprocess.run(["podman", "ps", "-aq", "--filter", "label=fleetmesh-lab"], env=env(), capture_output=True,
+                         text=True, check=True, timeout=60).stdout.split()
+    if ids:
+        proc = subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], env=env(), capture_output=True, text=True,
+                              check=False, timeout=300)
+        assert proc.returncode == 0, proc.stderr
     lab_up(3)
 
 

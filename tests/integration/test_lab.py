@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import ROOT, need
 from tests.integration.labutil import LAB_HOSTS, env, lab_up
 
-pytestmark = [pytest.mark.lab]
+pytestmark = [pytest.mark.lab, pytest.mark.lab_network_down]
 
 
 def lab(*args: str, script: Path = ROOT / "tools/lab/lab.sh", **extra: str) -> subprocess.CompletedProcess:

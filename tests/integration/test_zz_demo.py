@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import ROOT, need
 from tests.integration.labutil import LAB_HOSTS, env, lab_up
 
-pytestmark = [pytest.mark.lab, pytest.mark.kube, pytest.mark.slow]
+pytestmark = [pytest.mark.lab, pytest.mark.kube, pytest.mark.slow, pytest.mark.lab_network_down]
 
 
 def make(target: str) -> subprocess.CompletedProcess:
