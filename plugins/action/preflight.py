@@ -40,6 +40,10 @@ ONBOARD_FLAGS = {
     'istio_sidecar': ('fleetmesh_istio_sidecar', False),
     'workload_certs': ('fleetmesh_workload_certs', True),
 }
+# Read per host through hostvars (this action, the mesh_registration role): a play's own variables (its vars:,
+# vars_files, include_vars) are not in hostvars, so the model would silently go without them.
+HOSTVARS_READ = model.MODEL_VARS + ('fleetmesh_envoy', 'fleetmesh_istio_sidecar', 'fleetmesh_workload_certs',
+                                    'envoy_listeners', 'mesh_registration_endpoint_ports', 'mesh_registration_healthy')
 _ROLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'roles')
 _NOT_SET = object()
 _LATER = object()  # a template that needs what is not known yet (facts): judged by the role's own check later
@@ -104,6 +108,7 @@ class ActionModule(ControllerAction):
                 workloads[host] = workload
                 endpoints.append(self._endpoint(workload, hostvars, len(endpoints)))
         errors.extend(model.check_fleet(workloads.values()))
+        errors.extend(self._play_level_errors(task_vars, all_hostvars))
         if not errors and 'mesh_registration' in args['checks'] and endpoints:
             errors.extend(self._registration_errors(endpoints, all_hostvars[sorted(workloads)[0]], defaults))
         result.update(runbook=args['runbook'], hosts=sorted(hosts),
@@ -151,6 +156,29 @@ class ActionModule(ControllerAction):
             errors.extend('host %s: %s' % (host, error) for error in validate_model(variables, [check])
                           if not error.startswith(tuple(later)))
         return errors, workload
+
+    def _play_level_errors(self, task_vars, all_hostvars):
+        """Model variables the play sets for itself, which the per-host model (hostvars) never sees."""
+        host = task_vars.get('inventory_hostname')
+        if host not in all_hostvars:
+            return []
+        hostvars = all_hostvars[host]
+        errors = []
+        for var in HOSTVARS_READ:
+            if var not in task_vars:
+                continue
+            if var in hostvars:
+                try:
+                    same = self._templar.template(task_vars[var]) == hostvars[var]
+                except Exception:  # pylint: disable=broad-except  # judged by the host's own checks instead
+                    same = True
+                if same:
+                    continue
+            errors.append('%s: set for the play (its vars:, vars_files or include_vars), which the model does not '
+                          'read: every runbook reads the model per host (hostvars), so the value would be ignored; '
+                          'allowed: set it in the inventory (group_vars, host_vars), as an extra var (-e) or with '
+                          'ansible.builtin.set_fact' % var)
+        return errors
 
     @staticmethod
     def _endpoint(workload, hostvars, index):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from tests.conftest import ROOT
 from tests.integration.labutil import extra, playbook
 
 ONLY = "tests/integration/playbooks/preflight_only.yml"
@@ -48,3 +49,24 @@ def test_a_pattern_that_matches_no_host_fails_naming_it():
     assert run.rc != 0
     assert 'The host pattern "web-typo" (target) matches no host of the inventory' in " ".join(run.out.split())
     assert "fm-deb-1" not in run.recap
+
+
+def test_a_model_variable_set_for_the_play_fails_naming_it(tmp_path):
+    """Play vars are not in hostvars, where every runbook reads the model: ignoring them silently would register
+    the inventory's ports instead of the ones the user wrote."""
+    play = tmp_path / "play_vars.yml"
+    play.write_text((ROOT / ONLY).read_text().replace(
+        "  gather_facts: false\n",
+        "  gather_facts: false\n  vars:\n    fleetmesh_ports: {http: 8081}\n    mesh_registration_endpoint_ports: {http: 1}\n",
+        1))
+    out = tmp_path / "workloads.json"
+    run = playbook(str(play), *extra(preflight_out=str(out), target="lab"))
+    assert run.rc != 0 and not out.exists(), run.out[-3000:]
+    flat = " ".join(run.out.split())
+    for var in ("fleetmesh_ports", "mesh_registration_endpoint_ports"):
+        assert f"{var}: set for the play (its vars:, vars_files or include_vars), which the model does not read" in flat
+    assert "as an extra var (-e) or with ansible.builtin.set_fact" in flat
+    # The same values as extra vars are read per host: no error.
+    same, found = only(tmp_path, target="lab", fleetmesh_ports={"http": 8081})
+    assert same.rc == 0, same.out[-3000:]
+    assert found["fm-deb-1"]["ports"] == {"http": 8081}
