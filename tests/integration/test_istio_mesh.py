@@ -1,22 +1,37 @@
-"""The lab VMs join a real istiod (issue 14, first acceptance point).
+"""The Istio sidecar on the lab VMs against a real istiod: onboarding, the mesh, offboarding (issues 7 and 14).
 
-A real istiod (tests/harness/istiod.py, built from the pilot-agent pin) runs on the controller against the harness
-API server (Istio's own CRDs), with the collection's CA as its plug-in CA: the lab CA the workload_certs role signs
-with is written as the ``cacerts`` Secret, so certificates from the collection and from istiod chain to one root.
+One lab fixture for the whole sidecar path; the VMs are onboarded with the sidecar once, and the tests below run in
+file order, as the sidecar's life does:
+
+1. Bad input (``sidecar.yml``, every lab VM) fails with an error naming the variable, the value and what is allowed,
+   before any host or the cluster changes; bad input on one host stops every host.
+2. ``sidecar.yml --check --diff`` on the fresh hosts changes nothing.
+3. ``onboard.yml -e fleetmesh_istio_sidecar=true`` onboards every lab VM with the sidecar (workload certificates,
+   Envoy with its stats on 15091, the istio-sidecar package from a URL with its sha256 on the Debian VMs and the EL 9
+   emulation, one TokenRequest for every VM of the service account, WorkloadEntries) and finds each sidecar ready
+   (istio_sidecar_require_ready). Then:
+
+   * istiod's ``/debug/syncz`` lists every VM's proxy with CDS and LDS sent and ACKed and no NACK,
+     ``/debug/connections`` its xDS connection, and ``/debug/endpointz`` the VM's address from its WorkloadEntry;
+   * on every VM the proxy's Envoy (admin ``/certs``) holds the certificate the agent wrote to /etc/certs
+     (OUTPUT_CERTS of istio-start.sh): ``spiffe://cluster.local/ns/fleet-lab/sa/web``, issued by istiod (not the
+     collection's certificate: another serial, istiod's 24 h lifetime) and chaining to the root istiod publishes;
+   * a TokenReview of the istio-token on the VMs authenticates as system:serviceaccount:fleet-lab:web; a second
+     ``sidecar.yml`` run changes nothing; a check/diff run that would refresh the token never shows it; a refresh
+     changes the token of each VM and nothing else.
+
+4. ``sidecar_offboard.yml`` (check mode first: nothing changes) removes each VM's WorkloadEntry from the API server
+   and the sidecar from the VM: istiod lists the VM nowhere any more (``/debug/syncz``, ``/debug/connections``,
+   ``/debug/endpointz``), and no trace is left on the VM (files, hosts block, package, user); the command that
+   looks for traces sees them while the VMs are onboarded, so the check is not vacuous. Offboarding again changes
+   nothing.
+
+istiod (tests/harness/istiod.py, built from the pilot-agent pin) runs on the controller against the harness API
+server (Istio's own CRDs), with the collection's CA as its plug-in CA: the lab CA the workload_certs role signs with
+is written as the ``cacerts`` Secret, so certificates from the collection and from istiod chain to one root.
 istiod's secure gRPC port (xDS and CA) is bound on the lab network's host-side address, 10.213.77.1:15012; every
 other istiod listener stays on loopback. The east-west gateway (issue 14, item 3) is not built yet: the VMs'
 ``/etc/hosts`` block (istio_sidecar_eastwest_address) points ``istiod.istio-system.svc`` at that address directly.
-
-``onboard.yml -e fleetmesh_istio_sidecar=true`` onboards every lab VM with the sidecar (workload certificates,
-Envoy with its stats on 15091, the istio-sidecar package with the real pilot-agent, the istio-token from a
-TokenRequest, WorkloadEntries) and must find the sidecar ready (istio_sidecar_require_ready). Then:
-
-* istiod's ``/debug/syncz`` lists every VM's proxy with CDS and LDS sent and ACKed and no NACK, and
-  ``/debug/connections`` lists its xDS connection;
-* on every VM, the proxy's Envoy (admin ``/certs``) holds the certificate the agent wrote to /etc/certs
-  (OUTPUT_CERTS of istio-start.sh): ``spiffe://cluster.local/ns/fleet-lab/sa/web``, issued by istiod (not the
-  collection's certificate: another serial, istiod's 24 h lifetime) and chaining to the root istiod publishes.
-
 Traffic capture stays off (istio_sidecar_intercept=false, ISTIO_CUSTOM_IP_TABLES=true): the agent runs without it.
 """
 
@@ -30,6 +45,7 @@ import http.server
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -50,13 +66,29 @@ from kubeapi_pytest import require_kube_binaries  # noqa: E402
 
 pytestmark = [pytest.mark.lab, pytest.mark.kube]
 
-HOSTS = sorted(LAB_HOSTS)
+HOSTS = sorted(LAB_HOSTS)    # two Debian VMs and the EL 9 emulation
 NS, SA = "fleet-lab", "web"  # inventories/lab/group_vars/web.yml
 SPIFFE = f"spiffe://cluster.local/ns/{NS}/sa/{SA}"
+PROXY_IDS = {f"{host}.{NS}" for host in HOSTS}  # POD_NAME (hostname -s) . ISTIO_NAMESPACE, as istio-start.sh sets
+WORKLOAD_ENTRIES = {f"{SA}-{host}" for host in HOSTS}  # <service>-<host> (module_utils model.workload_entry_name)
 GATEWAY = "10.213.77.1"      # the host's address on the lab network (tools/lab/lab.sh)
 CERTS_SRC = "/etc/fleetmesh/workload-certs"  # onboard.yml's istio_sidecar_certs_src_dir default
-SAVED_CERTS = "/etc/certs.saved-by-mesh-test"
 CACERTS_KEYS = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
+MARKER = "fleetmesh.envoy istio_sidecar"
+# /etc/certs belongs to istio-proxy on a sidecar VM (roles/istio_sidecar/README.md, "one directory, one owner"):
+# other tests' Envoy certificates there are set aside and put back afterwards.
+SAVED_CERTS = "/etc/certs.saved-by-mesh-test"  # no "istio" in it: TRACES looks for such names
+CERTS = "ls /etc/certs/root-cert.pem /etc/certs/cert-chain.pem /etc/certs/key.pem 2>/dev/null; true"
+# Everything the sidecar may leave behind, looked for after offboarding. /etc/certs is checked on its own.
+TRACES = ("ls -d /var/lib/istio /etc/istio /var/log/istio /run/secrets /var/cache/fleetmesh-istio-sidecar "
+          "/usr/local/bin/envoy /usr/local/bin/pilot-agent /usr/local/bin/istio-start.sh "
+          "/lib/systemd/system/istio.service "
+          "/etc/tmpfiles.d/fleetmesh-istio-token.conf /etc/systemd/system/multi-user.target.wants/istio.service "
+          "/etc/apt/sources.list.d/fleetmesh-istio-sidecar.list /etc/yum.repos.d/fleetmesh-istio-sidecar.repo "
+          "2>/dev/null; "
+          f"grep -c '{MARKER}' /etc/hosts; getent passwd istio-proxy; getent group istio-proxy; "
+          "(dpkg-query -W istio-sidecar 2>/dev/null || rpm -q istio-sidecar 2>/dev/null) | grep -v 'not installed'; "
+          "find / -xdev \\( -nouser -o -nogroup -o -iname '*istio*' \\) -not -path '/proc/*' 2>/dev/null | sort")
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -74,7 +106,9 @@ def _require_istiod() -> None:
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory):
+def lab(tmp_path_factory):
+    """The lab VMs before onboarding, istiod and its API server, the service account, the packages served from the
+    lab gateway, and the variables of the onboarding. Offboards and puts the VMs back afterwards."""
     need("podman", "run 'make setup' (apt-get install podman runc)")
     require_kube_binaries()
     _require_istiod()
@@ -92,6 +126,7 @@ def mesh(tmp_path_factory):
     pilot = istiod_harness.Istiod(api, tmp / "istiod", cacerts={k: files[k] for k in CACERTS_KEYS},
                                   secure_grpc_address=(GATEWAY, 15012))
     server = None
+    state = {"offboarded": False}
     try:
         pilot.start()
         api.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
@@ -105,72 +140,175 @@ def mesh(tmp_path_factory):
         threading.Thread(target=server.serve_forever, daemon=True).start()
         run = playbook(str(ROOT / "molecule/sidecar-debian/el9_emulation_programs.yml"))
         assert run.rc == 0, run.out[-3000:]
-        # /etc/certs is istio-proxy's on a sidecar VM; other tests' Envoy certificates there are set aside.
         on_hosts(f"if [ -e /etc/certs ] && [ ! -e {SAVED_CERTS} ]; then mv /etc/certs {SAVED_CERTS}; fi; true")
         variables = {
             "fleetmesh_istio_sidecar": True,
             "fleetmesh_kubeconfig": str(api.registrar_kubeconfig),
             "workload_certs_source": "lab_ca",
             "workload_certs_lab_ca_dir": str(ca_dir),
-            "envoy_stats_port": 15091,  # the sidecar's Envoy serves 15090
+            # The sidecar's Envoy serves its stats on 15090, as the collection's Envoy does by default: a VM that
+            # runs both moves the collection's stats listener (the envoy role refuses 15090 next to the sidecar).
+            "envoy_stats_port": 15091,
             "istio_sidecar_package_source": "url",
             "istio_sidecar_package_base_url": f"http://{GATEWAY}:{server.server_address[1]}",
             "istio_sidecar_package_sha256": {"deb": sums["deb/istio-sidecar.deb"],
                                              "rpm": sums["rpm/istio-sidecar.rpm"]},
-            "istio_sidecar_intercept": False,
+            "istio_sidecar_intercept": False,  # no traffic capture (issue 14, item 4)
             "istio_sidecar_eastwest_address": GATEWAY,
             "istio_sidecar_certs_force": False,  # the agent rewrites /etc/certs with istiod's certificate
             "istio_sidecar_require_ready": True,
             "istio_sidecar_ready_timeout": 60,
         }
-        onboard = playbook("onboard.yml", *extra(**variables))
-        print(f"lab, istiod and onboarding in {time.monotonic() - t0:.0f} s (onboard.yml {onboard.seconds:.0f} s)")
-        yield {"api": api, "pilot": pilot, "onboard": onboard, "root": files["root-cert.pem"].decode()}
+        before = on_hosts(TRACES)
+        assert set(before) == set(HOSTS), before
+        print(f"lab and istiod in {time.monotonic() - t0:.0f} s")
+        yield {"api": api, "pilot": pilot, "vars": variables, "before": before, "state": state,
+               "root": files["root-cert.pem"].decode()}
     finally:
-        playbook("sidecar_offboard.yml", "-e", "target=web")
-        playbook("envoy.yml")  # the stats listener back on its default port, Envoy's certificates in /etc/certs
-        on_hosts(f"rm -rf {CERTS_SRC}; rmdir /etc/fleetmesh 2>/dev/null; "
-                 f"if [ -e {SAVED_CERTS} ]; then rm -rf /etc/certs && mv {SAVED_CERTS} /etc/certs; fi; true")
+        if not state["offboarded"]:
+            playbook("sidecar_offboard.yml", "-e", "target=web")
+        # Envoy's certificates back in /etc/certs, its stats listener back on its default port.
+        on_hosts(f"if [ -e {SAVED_CERTS} ]; then rm -rf /etc/certs && mv {SAVED_CERTS} /etc/certs; fi; true")
+        playbook("envoy.yml")
+        on_hosts(f"rm -rf {CERTS_SRC}; rmdir /etc/fleetmesh 2>/dev/null; true")
         if server is not None:
             server.shutdown()
         pilot.stop()
         api.stop()
 
 
-def test_onboard_waits_for_a_ready_sidecar(mesh):
-    run = mesh["onboard"]
+@pytest.fixture(scope="module")
+def onboarded(lab):
+    """``onboard.yml -e fleetmesh_istio_sidecar=true`` on every lab VM, once."""
+    run = playbook("onboard.yml", *extra(**lab["vars"]))
+    print(f"onboard.yml in {run.seconds:.0f} s")
+    return run
+
+
+def changed_tasks(out: str) -> list[str]:
+    """'TASK name: host' for every changed result in an ansible-playbook output, to say why a run was not a no-op."""
+    found, task = [], ""
+    for line in out.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line.split("[", 1)[1].rsplit("]", 1)[0]
+        elif line.startswith("changed: ["):
+            found.append(f"{task}: {line.split('[', 1)[1].split(']', 1)[0]}")
+    return found
+
+
+def sidecar(lab, *args, **overrides):
+    """playbooks/sidecar.yml (the istio_sidecar role alone) with the onboarding's variables."""
+    return playbook("sidecar.yml", "-e", "target=web", *extra(**{**lab["vars"], **overrides}), *args)
+
+
+def offboard(lab, *args):
+    return playbook("sidecar_offboard.yml", "-e", "target=web",
+                    *extra(fleetmesh_kubeconfig=lab["vars"]["fleetmesh_kubeconfig"]), *args)
+
+
+def workload_entries(api) -> set[str]:
+    """The WorkloadEntries in the API server."""
+    for _attempt in range(50):  # 429 while a just-created CRD's storage warms up
+        status, body = api.request("GET", f"/apis/networking.istio.io/v1/namespaces/{NS}/workloadentries")
+        if status != 429:
+            break
+        time.sleep(0.2)
+    assert status == 200, body
+    return {item["metadata"]["name"] for item in body["items"]}
+
+
+# -- 1. bad input, 2. check mode: before any change ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("overrides", "errors", "allowed"), [
+    # The role's checks (the model is valid): both errors in one run.
+    ({"istio_sidecar_service_cidr": "10.96.0.0/33", "istio_sidecar_inbound_ports": [8080, "ssh"]},
+     ['istio_sidecar_service_cidr[0]: "10.96.0.0/33" is not a CIDR',
+      'istio_sidecar_inbound_ports[1]: "ssh" is not a valid port'],
+     ["allowed: IPv4 or IPv6 networks", "allowed: integer 1-65535"]),
+    # The model's checks: both errors in one run.
+    ({"fleetmesh_ports": {"http": 70000}, "fleetmesh_service_account": None},
+     ["fleetmesh_ports.http: 70000 is not a valid port", "fleetmesh_service_account: is not set"],
+     ["allowed: integer 1-65535", "allowed: DNS-1123"]),
+], ids=["role", "model"])
+def test_bad_input_fails_before_any_change(lab, overrides, errors, allowed):
+    run = sidecar(lab, **overrides)
+    assert run.rc != 0
+    for word in [f"host {host}: {error}" for host in HOSTS for error in errors] + allowed:
+        assert word in run.out, (word, run.out[-3000:])
+    assert run.changed() == 0, run.recap
+    assert on_hosts(TRACES) == lab["before"]
+    assert workload_entries(lab["api"]) == set()
+
+
+def test_bad_input_on_one_host_stops_every_host(lab):
+    run = sidecar(lab, istio_sidecar_service_cidr="{{ '10.96.0.1/12' if inventory_hostname == 'fm-el-1' else '*' }}")
+    assert run.rc != 0
+    # The runbook's first task (fleetmesh.envoy.preflight) checks every host of the play at once.
+    assert ('host fm-el-1: istio_sidecar_service_cidr[0]: "10.96.0.1/12" has host bits set (did you mean 10.96.0.0/12?)'
+            in run.out), run.out[-3000:]
+    assert "nothing was changed on any host or in the cluster" in run.out, run.out[-3000:]
+    assert "host fm-deb-1:" not in run.out and "host fm-deb-2:" not in run.out and run.changed() == 0, run.recap
+    assert on_hosts(TRACES) == lab["before"]
+
+
+def test_check_mode_on_fresh_hosts_changes_nothing(lab):
+    run = sidecar(lab, "--check", "--diff")
+    assert run.rc == 0, run.out[-3000:]
+    assert "would be installed first" in run.out
+    assert on_hosts(TRACES) == lab["before"]
+
+
+# -- 3. onboarded: istiod, certificates, token ---------------------------------------------------------------------
+
+
+def test_onboard_waits_for_a_ready_sidecar(onboarded):
+    run = onboarded
     assert run.rc == 0, run.out[-5000:]
     for host in HOSTS:
         assert run.recap[host]["failed"] == 0, run.recap
     assert run.out.count("istio.service is ready (:15021/healthz/ready returned 200)") == len(HOSTS), run.out[-5000:]
     assert "does not answer from this host" not in run.out
+    # One TokenRequest for every VM of the service account.
+    assert f"istio-tokens from TokenRequest for {NS}/{SA} ({', '.join(HOSTS)})" in run.out, run.out[-5000:]
 
 
-def test_istiod_lists_every_vm_connected_and_synced(mesh):
-    pilot = mesh["pilot"]
-    ids = {f"{host}.{NS}" for host in HOSTS}  # POD_NAME (hostname -s) . ISTIO_NAMESPACE, as istio-start.sh sets
+def _synced(pilot):
+    status, body = pilot.debug("/debug/syncz")
+    proxies = {p.get("proxy"): p for p in json.loads(body or "[]")} if status == 200 else {}
+    done = PROXY_IDS <= set(proxies) and all(
+        proxies[i].get(f"{t}_sent") and proxies[i].get(f"{t}_acked") == proxies[i].get(f"{t}_sent")
+        for i in PROXY_IDS for t in ("cluster", "listener"))
+    return proxies if done else None
 
-    def synced():
-        status, body = pilot.debug("/debug/syncz")
-        proxies = {p.get("proxy"): p for p in json.loads(body or "[]")} if status == 200 else {}
-        done = ids <= set(proxies) and all(
-            proxies[i].get(f"{t}_sent") and proxies[i].get(f"{t}_acked") == proxies[i].get(f"{t}_sent")
-            for i in ids for t in ("cluster", "listener"))
-        return proxies if done else None
 
+def _connections(pilot) -> dict[str, str]:
+    """proxy id -> the address its xDS connection comes from (/debug/connections: {"clients": [...]})."""
+    status, body = pilot.debug("/debug/connections")
+    assert status == 200, body[:2000]
+    return {c["connectionId"].rsplit("-", 1)[0]: c["address"].rsplit(":", 1)[0]
+            for c in json.loads(body).get("clients") or []}
+
+
+def test_istiod_lists_every_vm_connected_and_synced(lab, onboarded):
+    pilot = lab["pilot"]
     try:
-        proxies = kubeapi._wait("every VM's proxy synced with istiod (/debug/syncz)", synced, 30)
+        proxies = kubeapi._wait("every VM's proxy synced with istiod (/debug/syncz)", lambda: _synced(pilot), 30)
     except Exception as exc:  # say what istiod sees
         raise AssertionError(f"{exc}; /debug/syncz: {pilot.debug('/debug/syncz')[1][:3000]}") from exc
-    errors = {i: r.get("lastError") for i in ids for r in (proxies[i].get("resources") or {}).values()
+    errors = {i: r.get("lastError") for i in PROXY_IDS for r in (proxies[i].get("resources") or {}).values()
               if r.get("lastError")}
     assert not errors, errors  # nothing NACKed by the VMs' upstream Envoy
-    status, body = pilot.debug("/debug/connections")  # {"totalClients": n, "clients": [{"connectionId": ...}]}
-    assert status == 200, body[:2000]
-    clients = {c["connectionId"].rsplit("-", 1)[0]: c["address"].rsplit(":", 1)[0]
-               for c in json.loads(body).get("clients") or []}
     # Each VM's own xDS connection, from its address on the lab network.
-    assert {i: clients.get(i) for i in ids} == {f"{h}.{NS}": LAB_HOSTS[h] for h in HOSTS}, body[:2000]
+    connections = _connections(pilot)
+    assert {i: connections.get(i) for i in PROXY_IDS} == {f"{h}.{NS}": LAB_HOSTS[h] for h in HOSTS}, connections
+    # Each VM's WorkloadEntry, and its address among istiod's service endpoints.
+    assert workload_entries(lab["api"]) == WORKLOAD_ENTRIES
+    try:
+        kubeapi._wait("every VM's address in istiod's /debug/endpointz",
+                      lambda: all(LAB_HOSTS[h] in pilot.debug("/debug/endpointz")[1] for h in HOSTS), 30)
+    except Exception as exc:
+        raise AssertionError(f"{exc}; /debug/endpointz: {pilot.debug('/debug/endpointz')[1][:3000]}") from exc
 
 
 _ADMIN_CERTS = ("python3 -c \"import json, urllib.request; "
@@ -181,9 +319,9 @@ def _leaf(b64: str) -> x509.Certificate:
     return x509.load_pem_x509_certificate(base64.b64decode(b64))
 
 
-def test_every_proxy_holds_an_istiod_certificate_for_its_spiffe_id(mesh):
-    root = mesh["pilot"].root_cert(NS)
-    assert root.strip() == mesh["root"].strip()  # istiod serves the collection's root (plug-in CA)
+def test_every_proxy_holds_an_istiod_certificate_for_its_spiffe_id(lab, onboarded):
+    root = lab["pilot"].root_cert(NS)
+    assert root.strip() == lab["root"].strip()  # istiod serves the collection's root (plug-in CA)
     found = on_hosts(f"base64 -w0 /etc/certs/cert-chain.pem; echo; base64 -w0 {CERTS_SRC}/cert-chain.pem; echo; "
                      f"{_ADMIN_CERTS}")
     assert set(found) == set(HOSTS), found
@@ -203,7 +341,7 @@ def test_every_proxy_holds_an_istiod_certificate_for_its_spiffe_id(mesh):
         assert leaf.serial_number in serials, (host, held)
         uris = {s.get("uri") for c in held for s in c.get("subject_alt_names") or []}
         assert SPIFFE in uris, (host, held)
-    metrics = re.findall(r"^citadel_server_success_cert_issuance_count\S* (\d+)", _metrics(mesh["pilot"]), re.M)
+    metrics = re.findall(r"^citadel_server_success_cert_issuance_count\S* (\d+)", _metrics(lab["pilot"]), re.M)
     assert metrics and sum(map(int, metrics)) >= len(HOSTS), metrics
 
 
@@ -214,3 +352,85 @@ def _metrics(pilot) -> str:
         return conn.getresponse().read().decode(errors="replace")
     finally:
         conn.close()
+
+
+def test_token_review_second_run_and_token_refresh(lab, onboarded):
+    assert onboarded.rc == 0, onboarded.out[-3000:]
+    tokens = on_hosts("cat /var/run/secrets/tokens/istio-token")
+    assert set(tokens) == set(HOSTS) and len(set(tokens.values())) == 1  # one TokenRequest, every VM
+    token = tokens[HOSTS[0]].strip()
+    assert token.split(".")[0] not in onboarded.out and token not in onboarded.out
+    status, review = lab["api"].request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", {
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "spec": {"token": token, "audiences": ["istio-ca"]}})
+    assert status == 201 and review["status"].get("authenticated") is True, review["status"].get("error")
+    assert review["status"]["user"]["username"] == f"system:serviceaccount:{NS}:{SA}"
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["exp"] - claims["iat"] == 86400
+    state = on_hosts("stat -c '%U %a' /var/lib/istio/token/istio-token; systemctl is-enabled istio; "
+                     "systemctl is-active istio")
+    for host in HOSTS:
+        assert state[host].split("\n") == ["istio-proxy 400", "enabled", "active"], (host, state[host])
+
+    second = sidecar(lab)
+    assert second.rc == 0 and second.changed() == 0, changed_tasks(second.out)
+    assert "no TokenRequest made" in second.out
+
+    checked = sidecar(lab, "--check", "--diff", istio_sidecar_token_refresh_before=86399)
+    assert checked.rc == 0 and "would request istio-tokens" in checked.out, checked.out[-3000:]
+    assert token.split(".")[0] not in checked.out
+    assert on_hosts("cat /var/run/secrets/tokens/istio-token") == tokens  # check mode changed nothing
+
+    refreshed = sidecar(lab, istio_sidecar_token_refresh_before=86399)
+    assert refreshed.rc == 0 and sorted(changed_tasks(refreshed.out)) == [  # the token of each VM, nothing else
+        f"fleetmesh.envoy.istio_sidecar : Write the new istio-token (owner istio-proxy, mode 0400): {host}"
+        for host in HOSTS], changed_tasks(refreshed.out)
+    assert on_hosts("cat /var/run/secrets/tokens/istio-token") != tokens
+
+
+def test_traces_command_sees_an_onboarded_host(lab, onboarded):
+    """The no-trace check below is not vacuous: while onboarded, it sees the sidecar."""
+    seen = on_hosts(TRACES)
+    for host in HOSTS:
+        assert "/var/lib/istio" in seen[host] and "istio-proxy" in seen[host], shlex.quote(seen[host])
+
+
+# -- 4. offboarded ---------------------------------------------------------------------------------------------------
+
+
+def test_offboard_removes_the_workload_entries_istiod_forgets_the_vms_and_no_trace_is_left(lab, onboarded):
+    api, pilot = lab["api"], lab["pilot"]
+    assert workload_entries(api) == WORKLOAD_ENTRIES
+
+    checked = offboard(lab, "--check", "--diff")
+    assert checked.rc == 0, checked.out[-3000:]
+    # What the registration would delete (counts of "absent run of registration set all: {...}").
+    assert re.search(r'deleted\W{1,4}[1-9]', checked.out), checked.out[-3000:]
+    assert workload_entries(api) == WORKLOAD_ENTRIES  # check mode: a dry run in the cluster
+    assert on_hosts("systemctl is-active istio") == {host: "active" for host in HOSTS}
+
+    run = offboard(lab)
+    assert run.rc == 0, run.out[-3000:]
+    lab["state"]["offboarded"] = True
+    assert workload_entries(api) == set()
+
+    def forgotten():
+        status, body = pilot.debug("/debug/syncz")
+        listed = {p.get("proxy") for p in json.loads(body or "[]")} if status == 200 else PROXY_IDS
+        endpoints = pilot.debug("/debug/endpointz")[1]
+        return (not listed & PROXY_IDS and not PROXY_IDS & set(_connections(pilot))
+                and not any(LAB_HOSTS[h] in endpoints for h in HOSTS))
+
+    try:
+        kubeapi._wait("istiod lists none of the VMs (/debug/syncz, /debug/connections, /debug/endpointz)",
+                      forgotten, 30)
+    except Exception as exc:
+        raise AssertionError(f"{exc}; /debug/syncz: {pilot.debug('/debug/syncz')[1][:2000]}; /debug/connections: "
+                             f"{pilot.debug('/debug/connections')[1][:2000]}") from exc
+
+    assert on_hosts(TRACES) == lab["before"]
+    assert on_hosts(CERTS) == {host: "" for host in HOSTS}
+    assert all(MARKER not in text for text in on_hosts("cat /etc/hosts").values())
+    again = offboard(lab)
+    assert again.rc == 0 and again.changed() == 0, changed_tasks(again.out)

@@ -81,7 +81,7 @@ def test_expiration_is_bounded(expiration, refresh, ok):
 
 
 # --------------------------------------------------------------------------------------------
-# TokenRequest batching with a fake client (the real API server: tests/integration/test_istio_sidecar.py)
+# TokenRequest batching with a fake client (the real API server: tests/integration/test_istio_mesh.py)
 # --------------------------------------------------------------------------------------------
 
 Response = namedtuple('Response', ['status', 'data', 'warnings'])
