@@ -150,7 +150,7 @@ def _wait_calls(expected: str, timeout: float = 60.0, in_a_row: int = 6) -> list
     deadline, seen = time.monotonic() + timeout, []
     while True:
         seen = _calls(in_a_row)
-        if len(seen) == in_a_row and all(code == expected for code, _ in seen):
+        if len(seen) == in_a_row and all(code == expected for code, _body in seen):
             return seen
         if time.monotonic() > deadline:
             raise AssertionError(f"{CALLER} -> {URL}: not {in_a_row} x {expected} within {timeout} s; last: {seen}")
@@ -189,8 +189,8 @@ def test_the_service_name_resolves_on_the_vms(mesh):
 def test_a_vm_reaches_the_other_vms_by_name(mesh):
     _wait_calls("200")
     pages = _calls(30)
-    assert all(code == "200" for code, _ in pages), pages
-    reached = {body.removeprefix("hello from ").strip() for _, body in pages}
+    assert all(code == "200" for code, _body in pages), pages
+    reached = {body.removeprefix("hello from ").strip() for _code, body in pages}
     assert OTHERS <= reached, pages  # round robin over every VM of web, through their sidecars
     _no_nack(mesh["pilot"])
 
@@ -214,7 +214,7 @@ def test_authorization_policy_denies_and_then_allows_the_caller(mesh):
     api.apply([DENY])
     try:
         denied = _wait_calls("403")
-        assert all(body.startswith("RBAC: access denied") for _, body in denied), denied
+        assert all(body.startswith("RBAC: access denied") for _code, body in denied), denied
         _no_nack(mesh["pilot"])
     finally:
         status, body = api.request("DELETE", f"/apis/security.istio.io/v1/namespaces/{NS}/authorizationpolicies/"
