@@ -9,9 +9,10 @@ VMs have NET_ADMIN, NET_RAW and iptables, tools/lab/lab.sh and build-images.sh).
 ingress sends inbound 8080 there (the registration does not write Sidecar resources; docs/istio-mesh.md).
 
 VM A (the first lab VM) calls ``http://web.fleet-lab.svc.cluster.local:8080/`` by name (the agent's DNS proxy) and
-reaches the other VMs of ``web``; with PeerAuthentication STRICT a plain-text client on the controller that bypasses
-the mesh is refused while A still gets through (mTLS); an AuthorizationPolicy that denies A's service account gets A
-a 403, and removing it lets A through again. istiod's /debug/syncz shows no NACK from the VMs' upstream Envoy.
+reaches the other VMs of ``web``; with PeerAuthentication STRICT plain-text clients that bypass the mesh (on the
+controller, and on A as istio-proxy, whose traffic capture leaves alone) are refused while A still gets through
+(mTLS); an AuthorizationPolicy that denies A's service account gets A a 403, and removing it lets A through again.
+istiod's /debug/syncz shows no NACK from the VMs' upstream Envoy.
 """
 
 from __future__ import annotations
@@ -195,16 +196,26 @@ def test_a_vm_reaches_the_other_vms_by_name(mesh):
     _no_nack(mesh["pilot"])
 
 
+def _plain_from_caller(targets: list[str]) -> list[int]:
+    """Plain-text calls from CALLER as istio-proxy, whose traffic the capture rules leave alone (bypassing the mesh)."""
+    out = on_hosts("; ".join(f"runuser -u istio-proxy -- curl -s -m 5 -o /dev/null -w '%{{http_code}}\\n' {u}"
+                             for u in targets), CALLER)
+    return [int(code) for code in out.get(CALLER, "").split()]
+
+
 def test_strict_mtls_refuses_plain_text_and_lets_the_mesh_through(mesh):
     targets = [f"http://{LAB_HOSTS[h]}:{PORT}/" for h in sorted(OTHERS)]
-    # Before STRICT (PERMISSIVE), plain text from the controller reaches the app through the inbound capture.
+    # Before STRICT (PERMISSIVE), plain text reaches the app through the inbound capture: from the controller, and
+    # from A's istio-proxy user.
     assert [get(u, timeout=5)[0] for u in targets] == [200] * len(targets)
+    assert _plain_from_caller(targets) == [200] * len(targets)
     mesh["api"].apply([STRICT])
     deadline = time.monotonic() + 60
     while any(get(u, timeout=5)[0] == 200 for u in targets):
         assert time.monotonic() < deadline, "plain text still answered 60 s after PeerAuthentication STRICT"
         time.sleep(1)
     assert [get(u, timeout=5)[0] for u in targets] == [0] * len(targets)  # reset: no TLS, no answer
+    assert _plain_from_caller(targets) == [0] * len(targets)  # curl's 000
     _wait_calls("200")  # the sidecars' mTLS
     _no_nack(mesh["pilot"])
 
