@@ -25,7 +25,9 @@ for tool in podman mmdebstrap rpmbuild; do
 done
 
 # python3-grpcio: the lab's gRPC app (tools/lab/grpc_hello.py, started by playbooks/lab_app.yml).
-common_pkgs="systemd,systemd-sysv,dbus,python3,python3-apt,python3-grpcio,openssh-server,sudo,iproute2,procps,ca-certificates,curl,gzip,xz-utils,tar,less"
+# iptables: the Istio sidecar's traffic capture (pilot-agent istio-iptables; lab.sh gives the VMs NET_ADMIN and
+# NET_RAW), as the upstream istio-sidecar package depends on it (docs/istio-mesh.md, traffic capture).
+common_pkgs="systemd,systemd-sysv,dbus,python3,python3-apt,python3-grpcio,openssh-server,sudo,iproute2,iptables,procps,ca-certificates,curl,gzip,xz-utils,tar,less"
 # A lab VM: an admin user reached over SSH with the per-lab key (mounted at run time),
 # passwordless sudo like a cloud image, and no units that make no sense in a container.
 customize_common=(

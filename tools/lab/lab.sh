@@ -17,6 +17,8 @@
 #
 # Two thirds of the VMs (rounded up) are Debian, the rest EL. VM addresses are fixed on the
 # dedicated network fleetmesh-lab (10.213.77.0/24): Debian from .11, EL from .51.
+# Each VM has NET_ADMIN and NET_RAW, which the Istio sidecar's traffic capture (istio-iptables) needs, as root on a
+# real VM has them (docs/istio-mesh.md, traffic capture).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -130,7 +132,7 @@ up() {
     fi
     podman run -d --name "$name" --hostname "$name" --label fleetmesh-lab=1 \
       --label "fleetmesh-lab-checkout=$checkout" --label "fleetmesh-lab-root=$root" \
-      --network "$net" --ip "$ip" --systemd=always --ulimit nofile=16384:16384 --ulimit nproc=4096:4096 --cap-add SYS_ADMIN --cap-add NET_ADMIN \
+      --network "$net" --ip "$ip" --systemd=always --ulimit nofile=16384:16384 --ulimit nproc=4096:4096 --cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add NET_RAW \
       --tmpfs /tmp --tmpfs /run \
       -v "$state/authorized_keys:/etc/ssh/lab_authorized_keys:ro" \
       "$image" /sbin/init >/dev/null
