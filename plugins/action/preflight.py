@@ -56,6 +56,21 @@ def role_defaults(role):
     return {key: value for key, value in data.items() if '{{' not in json.dumps(value, default=str)}
 
 
+def _raw_defaults():
+    """Each role's defaults as written (templates unresolved): what a play that lists the role carries."""
+    found = []
+    for role in sorted(os.listdir(_ROLES_DIR)):
+        path = os.path.join(_ROLES_DIR, role, 'defaults', 'main.yml')
+        if os.path.isfile(path):
+            with open(path, encoding='utf-8') as handle:
+                found.append(yaml.safe_load(handle) or {})
+    return found
+
+
+def _is_role_default(var, value):
+    return any(var in defaults and defaults[var] == value for defaults in _raw_defaults())
+
+
 def _get(hostvars, var):
     """A host variable, templated; _NOT_SET when undefined, _LATER when its template needs a fact not gathered yet,
     the exception when its template fails otherwise."""
@@ -165,8 +180,8 @@ class ActionModule(ControllerAction):
         hostvars = all_hostvars[host]
         errors = []
         for var in HOSTVARS_READ:
-            if var not in task_vars:
-                continue
+            if var not in task_vars or _is_role_default(var, task_vars[var]):
+                continue  # a play that lists a role under roles: carries the role's defaults
             if var in hostvars:
                 try:
                     same = self._templar.template(task_vars[var]) == hostvars[var]

@@ -70,3 +70,12 @@ def test_a_model_variable_set_for_the_play_fails_naming_it(tmp_path):
     same, found = only(tmp_path, target="lab", fleetmesh_ports={"http": 8081})
     assert same.rc == 0, same.out[-3000:]
     assert found["fm-deb-1"]["ports"] == {"http": 8081}
+    # A play that lists a role carries the role's defaults (envoy_listeners, mesh_registration_endpoint_ports):
+    # they are not the user's play vars. The roles are tagged never here, so no host is contacted.
+    with_roles = tmp_path / "with_roles.yml"
+    with_roles.write_text((ROOT / ONLY).read_text().replace(
+        "  gather_facts: false\n",
+        "  gather_facts: false\n  roles:\n    - role: fleetmesh.envoy.envoy\n      tags: [never]\n"
+        "    - role: fleetmesh.envoy.mesh_registration\n      tags: [never]\n", 1))
+    run = playbook(str(with_roles), *extra(preflight_out=str(out), target="lab"))
+    assert run.rc == 0, run.out[-3000:]
