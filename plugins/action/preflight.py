@@ -41,9 +41,11 @@ ONBOARD_FLAGS = {
     'workload_certs': ('fleetmesh_workload_certs', True),
 }
 # Read per host through hostvars (this action, the mesh_registration role): a play's own variables (its vars:,
-# vars_files, include_vars) are not in hostvars, so the model would silently go without them.
+# vars_files, include_vars) are not in hostvars, so the model would silently go without them. (envoy_listeners is
+# the envoy role's, which reads it as any role does; registration takes the endpoint port from it only when
+# mesh_registration_endpoint_ports is not set.)
 HOSTVARS_READ = model.MODEL_VARS + ('fleetmesh_envoy', 'fleetmesh_istio_sidecar', 'fleetmesh_workload_certs',
-                                    'envoy_listeners', 'mesh_registration_endpoint_ports', 'mesh_registration_healthy')
+                                    'mesh_registration_endpoint_ports', 'mesh_registration_healthy')
 _ROLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'roles')
 _NOT_SET = object()
 _LATER = object()  # a template that needs what is not known yet (facts): judged by the role's own check later
