@@ -169,7 +169,8 @@ def lab(tmp_path_factory):
             playbook("sidecar_offboard.yml", "-e", "target=web")
         # Envoy's certificates back in /etc/certs, its stats listener back on its default port.
         on_hosts(f"if [ -e {SAVED_CERTS} ]; then rm -rf /etc/certs && mv {SAVED_CERTS} /etc/certs; fi; true")
-        playbook("envoy.yml")
+        envoy = playbook("envoy.yml")
+        print(f"teardown: envoy.yml rc={envoy.rc} in {envoy.seconds:.0f} s")
         on_hosts(f"rm -rf {CERTS_SRC}; rmdir /etc/fleetmesh 2>/dev/null; true")
         if server is not None:
             server.shutdown()
@@ -198,12 +199,16 @@ def changed_tasks(out: str) -> list[str]:
 
 def sidecar(lab, *args, **overrides):
     """playbooks/sidecar.yml (the istio_sidecar role alone) with the onboarding's variables."""
-    return playbook("sidecar.yml", "-e", "target=web", *extra(**{**lab["vars"], **overrides}), *args)
+    run = playbook("sidecar.yml", "-e", "target=web", *extra(**{**lab["vars"], **overrides}), *args)
+    print(f"sidecar.yml {' '.join(args)} in {run.seconds:.0f} s")
+    return run
 
 
 def offboard(lab, *args):
-    return playbook("sidecar_offboard.yml", "-e", "target=web",
-                    *extra(fleetmesh_kubeconfig=lab["vars"]["fleetmesh_kubeconfig"]), *args)
+    run = playbook("sidecar_offboard.yml", "-e", "target=web",
+                   *extra(fleetmesh_kubeconfig=lab["vars"]["fleetmesh_kubeconfig"]), *args)
+    print(f"sidecar_offboard.yml {' '.join(args)} in {run.seconds:.0f} s")
+    return run
 
 
 def workload_entries(api) -> set[str]:
@@ -422,9 +427,11 @@ def test_offboard_removes_the_workload_entries_istiod_forgets_the_vms_and_no_tra
         return (not listed & PROXY_IDS and not PROXY_IDS & set(_connections(pilot))
                 and not any(LAB_HOSTS[h] in endpoints for h in HOSTS))
 
+    t0 = time.monotonic()
     try:
         kubeapi._wait("istiod lists none of the VMs (/debug/syncz, /debug/connections, /debug/endpointz)",
                       forgotten, 30)
+        print(f"istiod forgot the VMs {time.monotonic() - t0:.1f} s after the offboarding")
     except Exception as exc:
         raise AssertionError(f"{exc}; /debug/syncz: {pilot.debug('/debug/syncz')[1][:2000]}; /debug/connections: "
                              f"{pilot.debug('/debug/connections')[1][:2000]}") from exc
