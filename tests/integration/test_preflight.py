@@ -57,7 +57,8 @@ def test_a_model_variable_set_for_the_play_fails_naming_it(tmp_path):
     play = tmp_path / "play_vars.yml"
     play.write_text((ROOT / ONLY).read_text().replace(
         "  gather_facts: false\n",
-        "  gather_facts: false\n  vars:\n    fleetmesh_ports: {http: 8081}\n    mesh_registration_endpoint_ports: {http: 1}\n",
+        "  gather_facts: false\n  vars:\n    fleetmesh_ports: {http: 8081}\n"
+        "    mesh_registration_endpoint_ports: {http: 1}\n",
         1))
     out = tmp_path / "workloads.json"
     run = playbook(str(play), *extra(preflight_out=str(out), target="lab"))
