@@ -20,7 +20,17 @@ file order, as the sidecar's life does:
      ``sidecar.yml`` run changes nothing; a check/diff run that would refresh the token never shows it; a refresh
      changes the token of each VM and nothing else.
 
-4. ``sidecar_offboard.yml`` (check mode first: nothing changes) removes each VM's WorkloadEntry from the API server
+4. Mesh traffic between the VMs (capture on: ``istio_sidecar_intercept: true``, istio-start.sh runs
+   ``pilot-agent istio-iptables``; the lab VMs have NET_ADMIN, NET_RAW and iptables). The registration writes the
+   Service ``web`` and a WorkloadEntry per VM; the lab app listens on 127.0.0.1:8080, so the test applies a
+   ``Sidecar`` whose ingress sends inbound 8080 there (docs/istio-mesh.md). VM A (the first lab VM) calls
+   ``http://web.fleet-lab.svc.cluster.local:8080/`` by name (the agent's DNS proxy) and reaches the other VMs of
+   ``web``; with PeerAuthentication STRICT plain-text clients that bypass the mesh (on the controller, and on A as
+   istio-proxy, whose traffic capture leaves alone) are refused while A still gets through (mTLS); an
+   AuthorizationPolicy that denies A's service account gets A a 403, and removing it lets A through again. istiod's
+   /debug/syncz shows no NACK from the VMs' upstream Envoy.
+
+5. ``sidecar_offboard.yml`` (check mode first: nothing changes) removes each VM's WorkloadEntry from the API server
    and the sidecar from the VM: istiod lists the VM nowhere any more (``/debug/syncz``, ``/debug/connections``,
    ``/debug/endpointz``), and no trace is left on the VM (files, hosts block, package, user); the command that
    looks for traces sees them while the VMs are onboarded, so the check is not vacuous. Offboarding again changes
@@ -32,7 +42,6 @@ is written as the ``cacerts`` Secret, so certificates from the collection and fr
 istiod's secure gRPC port (xDS and CA) is bound on the lab network's host-side address, 10.213.77.1:15012; every
 other istiod listener stays on loopback. The east-west gateway (issue 14, item 3) is not built yet: the VMs'
 ``/etc/hosts`` block (istio_sidecar_eastwest_address) points ``istiod.istio-system.svc`` at that address directly.
-Traffic capture stays off (istio_sidecar_intercept=false, ISTIO_CUSTOM_IP_TABLES=true): the agent runs without it.
 """
 
 from __future__ import annotations
@@ -57,7 +66,7 @@ from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import 
 from cryptography import x509
 
 from tests.conftest import ROOT, need
-from tests.integration.labutil import LAB_HOSTS, extra, lab_up, on_hosts, playbook
+from tests.integration.labutil import LAB_HOSTS, extra, get, lab_up, on_hosts, playbook
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
 import istiod as istiod_harness  # noqa: E402
@@ -89,6 +98,27 @@ TRACES = ("ls -d /var/lib/istio /etc/istio /var/log/istio /run/secrets /var/cach
           f"grep -c '{MARKER}' /etc/hosts; getent passwd istio-proxy; getent group istio-proxy; "
           "(dpkg-query -W istio-sidecar 2>/dev/null || rpm -q istio-sidecar 2>/dev/null) | grep -v 'not installed'; "
           "find / -xdev \\( -nouser -o -nogroup -o -iname '*istio*' \\) -not -path '/proc/*' 2>/dev/null | sort")
+
+
+CALLER = HOSTS[0]
+OTHERS = set(HOSTS) - {CALLER}
+PORT = 8080  # inventories/lab/group_vars/web.yml
+NAME = f"web.{NS}.svc.cluster.local"
+URL = f"http://{NAME}:{PORT}/"
+IPTABLES_SAVE = "(iptables-legacy-save -t nat; iptables-nft-save -t nat) 2>/dev/null"
+
+SIDECAR = {  # inbound 8080 to the app on loopback (istiod's default is the VM's address, where nothing listens)
+    "apiVersion": "networking.istio.io/v1", "kind": "Sidecar", "metadata": {"name": "web", "namespace": NS},
+    "spec": {"workloadSelector": {"labels": {"app": "web"}},
+             "ingress": [{"port": {"number": PORT, "protocol": "HTTP", "name": "http"},
+                          "defaultEndpoint": f"127.0.0.1:{PORT}"}]},
+}
+STRICT = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+          "metadata": {"name": "default", "namespace": NS}, "spec": {"mtls": {"mode": "STRICT"}}}
+DENY = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny-web-sa", "namespace": NS},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "DENY",
+                 "rules": [{"from": [{"source": {"principals": [f"cluster.local/ns/{NS}/sa/{SA}"]}}]}]}}
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -138,8 +168,9 @@ def lab(tmp_path_factory):
         sums = dict(reversed(line.split()) for line in (pkg_dir / "SHA256SUMS").read_text().splitlines())
         server = http.server.ThreadingHTTPServer((GATEWAY, 0), functools.partial(_Quiet, directory=str(pkg_dir)))
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        run = playbook(str(ROOT / "molecule/sidecar-debian/el9_emulation_programs.yml"))
-        assert run.rc == 0, run.out[-3000:]
+        for book in (str(ROOT / "molecule/sidecar-debian/el9_emulation_programs.yml"), "lab_app.yml"):
+            run = playbook(book)
+            assert run.rc == 0, run.out[-3000:]
         on_hosts(f"if [ -e /etc/certs ] && [ ! -e {SAVED_CERTS} ]; then mv /etc/certs {SAVED_CERTS}; fi; true")
         variables = {
             "fleetmesh_istio_sidecar": True,
@@ -153,7 +184,7 @@ def lab(tmp_path_factory):
             "istio_sidecar_package_base_url": f"http://{GATEWAY}:{server.server_address[1]}",
             "istio_sidecar_package_sha256": {"deb": sums["deb/istio-sidecar.deb"],
                                              "rpm": sums["rpm/istio-sidecar.rpm"]},
-            "istio_sidecar_intercept": False,  # no traffic capture (issue 14, item 4)
+            "istio_sidecar_intercept": True,  # traffic capture (istio-start.sh runs pilot-agent istio-iptables)
             "istio_sidecar_eastwest_address": GATEWAY,
             "istio_sidecar_certs_force": False,  # the agent rewrites /etc/certs with istiod's certificate
             "istio_sidecar_require_ready": True,
@@ -243,6 +274,7 @@ def test_bad_input_fails_before_any_change(lab, overrides, errors, allowed):
         assert word in run.out, (word, run.out[-3000:])
     assert run.changed() == 0, run.recap
     assert on_hosts(TRACES) == lab["before"]
+    assert all("ISTIO_" not in rules for rules in on_hosts(IPTABLES_SAVE).values()), "capture rules left behind"
     assert workload_entries(lab["api"]) == set()
 
 
@@ -401,7 +433,114 @@ def test_traces_command_sees_an_onboarded_host(lab, onboarded):
         assert "/var/lib/istio" in seen[host] and "istio-proxy" in seen[host], shlex.quote(seen[host])
 
 
-# -- 4. offboarded ---------------------------------------------------------------------------------------------------
+# -- 4. mesh traffic ------------------------------------------------------------------------------------------------
+
+
+def _calls(n: int) -> list[tuple[str, str]]:
+    """n calls of URL from CALLER as root (captured): [(status, first line of the body)]; status 000 = no answer."""
+    host = CALLER
+    out = on_hosts(f"for i in $(seq {n}); do code=$(curl -s -m 5 -o /tmp/mesh-call -w '%{{http_code}}' {URL}); "
+                   f"echo \"$code $(head -n1 /tmp/mesh-call 2>/dev/null)\"; rm -f /tmp/mesh-call; done", host)
+    return [tuple((line.split(" ", 1) + [""])[:2]) for line in out.get(host, "").splitlines() if line.strip()]
+
+
+def _wait_calls(expected: str, timeout: float = 60.0, in_a_row: int = 6) -> list[tuple[str, str]]:
+    """Call until ``in_a_row`` calls in a row answer ``expected``: pooled connections keep the listener configuration
+    they were accepted with until it drains (docs/istio-mesh.md, timing)."""
+    deadline, seen = time.monotonic() + timeout, []
+    while True:
+        seen = _calls(in_a_row)
+        if len(seen) == in_a_row and all(code == expected for code, _body in seen):
+            return seen
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{CALLER} -> {URL}: not {in_a_row} x {expected} within {timeout} s; last: {seen}")
+        time.sleep(1)
+
+
+def _no_nack(pilot) -> None:
+    status, body = pilot.debug("/debug/syncz")
+    assert status == 200, body[:2000]
+    proxies = {p["proxy"]: p for p in json.loads(body or "[]")}
+    assert {f"{h}.{NS}" for h in HOSTS} <= set(proxies), list(proxies)
+    errors = {name: {t: r.get("lastError") for t, r in (p.get("resources") or {}).items() if r.get("lastError")}
+              for name, p in proxies.items()}
+    assert not any(errors.values()), errors
+
+
+@pytest.fixture(scope="module")
+def traffic(lab, onboarded):
+    """The onboarded mesh with the Sidecar that sends inbound 8080 to the app on loopback."""
+    lab["api"].apply([SIDECAR])
+    return onboarded
+
+
+def test_capture_rules_on_every_vm(lab, traffic):
+    found = on_hosts(IPTABLES_SAVE)
+    assert set(found) == set(HOSTS), found
+    for host, rules in found.items():
+        assert f"-A ISTIO_INBOUND -p tcp -m tcp --dport {PORT} -j ISTIO_IN_REDIRECT" in rules, (host, rules)
+        assert "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006" in rules, (host, rules)
+        assert "-j ISTIO_REDIRECT" in rules and "REDIRECT --to-ports 15001" in rules, (host, rules)
+
+
+def test_the_service_name_resolves_on_the_vms(lab, traffic):
+    status, svc = lab["api"].request("GET", f"/api/v1/namespaces/{NS}/services/web")
+    assert status == 200, svc
+    found = on_hosts(f"getent hosts {NAME} | cut -d' ' -f1; getent hosts istiod.istio-system.svc | cut -d' ' -f1")
+    assert set(found) == set(HOSTS), found
+    for host, out in found.items():
+        # The mesh name from the agent's DNS proxy; istiod's name from the role's /etc/hosts block still resolves.
+        assert out.split() == [svc["spec"]["clusterIP"], GATEWAY], (host, out)
+
+
+def test_a_vm_reaches_the_other_vms_by_name(lab, traffic):
+    _wait_calls("200")
+    pages = _calls(30)
+    assert all(code == "200" for code, _body in pages), pages
+    reached = {body.removeprefix("hello from ").strip() for _code, body in pages}
+    assert OTHERS <= reached, pages  # round robin over every VM of web, through their sidecars
+    _no_nack(lab["pilot"])
+
+
+def _plain_from_caller(targets: list[str]) -> list[int]:
+    """Plain-text calls from CALLER as istio-proxy, whose traffic the capture rules leave alone (bypassing the mesh)."""
+    out = on_hosts("; ".join(f"runuser -u istio-proxy -- curl -s -m 5 -o /dev/null -w '%{{http_code}}\\n' {u}"
+                             for u in targets), CALLER)
+    return [int(code) for code in out.get(CALLER, "").split()]
+
+
+def test_strict_mtls_refuses_plain_text_and_lets_the_mesh_through(lab, traffic):
+    targets = [f"http://{LAB_HOSTS[h]}:{PORT}/" for h in sorted(OTHERS)]
+    # Before STRICT (PERMISSIVE), plain text reaches the app through the inbound capture: from the controller, and
+    # from A's istio-proxy user.
+    assert [get(u, timeout=5)[0] for u in targets] == [200] * len(targets)
+    assert _plain_from_caller(targets) == [200] * len(targets)
+    lab["api"].apply([STRICT])
+    deadline = time.monotonic() + 60
+    while any(get(u, timeout=5)[0] == 200 for u in targets):
+        assert time.monotonic() < deadline, "plain text still answered 60 s after PeerAuthentication STRICT"
+        time.sleep(1)
+    assert [get(u, timeout=5)[0] for u in targets] == [0] * len(targets)  # reset: no TLS, no answer
+    assert _plain_from_caller(targets) == [0] * len(targets)  # curl's 000
+    _wait_calls("200")  # the sidecars' mTLS
+    _no_nack(lab["pilot"])
+
+
+def test_authorization_policy_denies_and_then_allows_the_caller(lab, traffic):
+    api = lab["api"]
+    api.apply([DENY])
+    try:
+        denied = _wait_calls("403")
+        assert all(body.startswith("RBAC: access denied") for _code, body in denied), denied
+        _no_nack(lab["pilot"])
+    finally:
+        status, body = api.request("DELETE", f"/apis/security.istio.io/v1/namespaces/{NS}/authorizationpolicies/"
+                                   f"{DENY['metadata']['name']}")
+        assert status in (200, 202, 404), body
+    _wait_calls("200")
+
+
+# -- 5. offboarded ---------------------------------------------------------------------------------------------------
 
 
 def test_offboard_removes_the_workload_entries_istiod_forgets_the_vms_and_no_trace_is_left(lab, onboarded):
