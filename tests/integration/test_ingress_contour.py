@@ -370,7 +370,14 @@ def test_tls_to_the_vm_envoy_with_workload_certificates_and_upstream_validation(
         contour_ingress.wait_proxy_status(NS, "greeter-wrong-name", "valid")
         status, body, _h = contour_ingress.wait_route("/", WRONG_NAME, want=lambda r: r[0] != 404)
         assert status == 503, (status, body)
-        assert cluster_stat(contour_ingress, "greeter/8443", "ssl.fail_verify_san") > 0
+        # The first 503s can come before the new cluster's first handshake (no healthy upstream yet, under load):
+        # every answer stays 503 until a handshake has failed on the SAN.
+        deadline = time.monotonic() + 60
+        while cluster_stat(contour_ingress, "greeter/8443", "ssl.fail_verify_san") == 0:
+            assert time.monotonic() < deadline, "no TLS handshake failed on the SAN within 60 s of the first 503"
+            status, body, _h = contour_ingress.wait_route("/", WRONG_NAME, want=lambda r: r[0] != 404)
+            assert status == 503, (status, body)
+            time.sleep(1)
     finally:
         contour_ingress.api.request("DELETE", contour_ingress.api.resource_path(
             "projectcontour.io/v1", "HTTPProxy", "greeter-wrong-name", NS))
