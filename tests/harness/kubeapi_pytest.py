@@ -13,22 +13,33 @@ from collections.abc import Iterator
 import pytest
 
 try:  # imported as tests.harness.kubeapi_pytest
-    from . import kubeapi
+    from . import istiod, kubeapi
 except ImportError:  # tests/harness itself is on sys.path
+    import istiod
     import kubeapi
 
-__all__ = ["kube_api", "own_kube_api", "require_kube_binaries"]
+__all__ = ["kube_api", "not_built", "own_kube_api", "require_istiod", "require_kube_binaries"]
+
+
+def not_built(message: str) -> None:
+    """Skip the calling test naming what is not built, or fail it when CI=true (CI must build everything)."""
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
 
 
 def require_kube_binaries() -> None:
     """Skip (or, when CI=true, fail) the calling test if kube-apiserver/etcd are not built."""
     missing = kubeapi.missing_binaries()
-    if not missing:
-        return
-    message = kubeapi.missing_message(missing)
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    if missing:
+        not_built(kubeapi.missing_message(missing))
+
+
+def require_istiod() -> None:
+    """Skip (or, when CI=true, fail) the calling test if istiod (pilot-discovery) is not built."""
+    missing = istiod.missing_binaries()
+    if missing:
+        not_built(istiod.missing_message(missing))
 
 
 @contextlib.contextmanager

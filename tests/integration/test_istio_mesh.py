@@ -52,26 +52,22 @@ import functools
 import http.client
 import http.server
 import json
-import os
 import re
 import shlex
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
+import istiod as istiod_harness  # tests/harness is put on sys.path by conftest.py
+import kubeapi
 import pytest
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import ca as ca_lib
 from cryptography import x509
+from kubeapi_pytest import require_istiod, require_kube_binaries
 
 from tests.conftest import ROOT, need
 from tests.integration.labutil import LAB_HOSTS, extra, get, lab_up, on_hosts, playbook
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
-import istiod as istiod_harness  # noqa: E402
-import kubeapi  # noqa: E402
-from kubeapi_pytest import require_kube_binaries  # noqa: E402
 
 pytestmark = [pytest.mark.lab, pytest.mark.kube]
 
@@ -126,13 +122,6 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _require_istiod() -> None:
-    missing = istiod_harness.missing_binaries()
-    if missing:
-        message = istiod_harness.missing_message(missing)
-        if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +130,7 @@ def lab(tmp_path_factory):
     lab gateway, and the variables of the onboarding. Offboards and puts the VMs back afterwards."""
     need("podman", "run 'make setup' (apt-get install podman runc)")
     require_kube_binaries()
-    _require_istiod()
+    require_istiod()
     t0 = time.monotonic()
     lab_up(len(HOSTS))
     tmp = tmp_path_factory.mktemp("mesh")

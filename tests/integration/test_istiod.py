@@ -19,21 +19,18 @@ import datetime
 import http.client
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import istiod as istiod_harness  # tests/harness is put on sys.path by conftest.py
+import kubeapi
 import pytest
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import ca as ca_lib
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
-import istiod as istiod_harness  # noqa: E402
-import kubeapi  # noqa: E402
-from kubeapi_pytest import require_kube_binaries  # noqa: E402
+from kubeapi_pytest import not_built, require_istiod, require_kube_binaries
 
 NAMESPACE = "fleet-web"
 SERVICE_ACCOUNT = "web-vm"
@@ -41,14 +38,6 @@ SPIFFE = f"spiffe://cluster.local/ns/{NAMESPACE}/sa/{SERVICE_ACCOUNT}"
 CACERTS_KEYS = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
 
 
-def require_istiod() -> None:
-    missing = istiod_harness.missing_binaries()
-    if not missing:
-        return
-    message = istiod_harness.missing_message(missing)
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
@@ -161,9 +150,7 @@ def test_real_pilot_agent_gets_its_certificate_and_config(api: kubeapi.KubeAPI, 
     if missing:
         message = (f"missing {', '.join(map(str, missing))}: run tools/pkg/istio-sidecar/build.sh (pilot-agent) "
                    "and tools/fetch-envoy.sh")
-        if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        not_built(message)
     files = ca_lib.new_lab_ca_files("fleetmesh agent test")
     root_pem = files["root-cert.pem"].decode()
     namespace = f"{NAMESPACE}-agent"
