@@ -278,6 +278,21 @@ def test_bad_input_on_one_host_stops_every_host(lab):
     assert on_hosts(TRACES) == lab["before"]
 
 
+def test_capture_without_iptables_on_one_host_stops_every_host(lab):
+    """fm-el-1 looks for iptables where it has none (the role's search path, set for that host only): every host
+    stops before any change, and the message names the host, the variable and what is allowed."""
+    paths = "{{ ['/nonexistent/iptables'] if inventory_hostname == 'fm-el-1' else ['/usr/sbin/iptables', " \
+            "'/sbin/iptables', '/usr/sbin/iptables-nft', '/usr/sbin/iptables-legacy'] }}"
+    run = sidecar(lab, __istio_sidecar_iptables_paths=paths)
+    assert run.rc != 0
+    flat = " ".join(run.out.split())
+    assert "istio_sidecar_intercept: true on fm-el-1, but none of /nonexistent/iptables exists" in flat, run.out[-3000:]
+    assert "Allowed: install iptables first, or istio_sidecar_intercept: false" in flat
+    assert "fm-el-1: no iptables for istio_sidecar_intercept" in flat and "no host was changed" in flat
+    assert run.changed() == 0, run.recap
+    assert on_hosts(TRACES) == lab["before"]
+
+
 def test_check_mode_on_fresh_hosts_changes_nothing(lab):
     run = sidecar(lab, "--check", "--diff")
     assert run.rc == 0, run.out[-3000:]
