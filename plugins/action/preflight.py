@@ -14,6 +14,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import functools
 import ipaddress
 import json
 import os
@@ -51,26 +52,25 @@ _NOT_SET = object()
 _LATER = object()  # a template that needs what is not known yet (facts): judged by the role's own check later
 
 
+@functools.lru_cache(maxsize=None)
+def _written_defaults(role):
+    """A role's defaults as written (templates unresolved), read once per process."""
+    path = os.path.join(_ROLES_DIR, role, 'defaults', 'main.yml')
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding='utf-8') as handle:
+        return yaml.safe_load(handle) or {}
+
+
 def role_defaults(role):
     """A role's defaults that are plain values; templated ones derive from the model, checked by itself."""
-    with open(os.path.join(_ROLES_DIR, role, 'defaults', 'main.yml'), encoding='utf-8') as handle:
-        data = yaml.safe_load(handle) or {}
-    return {key: value for key, value in data.items() if '{{' not in json.dumps(value, default=str)}
-
-
-def _raw_defaults():
-    """Each role's defaults as written (templates unresolved): what a play that lists the role carries."""
-    found = []
-    for role in sorted(os.listdir(_ROLES_DIR)):
-        path = os.path.join(_ROLES_DIR, role, 'defaults', 'main.yml')
-        if os.path.isfile(path):
-            with open(path, encoding='utf-8') as handle:
-                found.append(yaml.safe_load(handle) or {})
-    return found
+    return {key: value for key, value in _written_defaults(role).items() if '{{' not in json.dumps(value, default=str)}
 
 
 def _is_role_default(var, value):
-    return any(var in defaults and defaults[var] == value for defaults in _raw_defaults())
+    """Whether a play's value of var is a role's default, which a play that lists the role under roles: carries."""
+    return any(var in defaults and defaults[var] == value
+               for defaults in map(_written_defaults, sorted(os.listdir(_ROLES_DIR))))
 
 
 def _get(hostvars, var):

@@ -122,8 +122,6 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """The lab VMs before onboarding, istiod and its API server, the service account, the packages served from the
