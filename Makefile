@@ -64,10 +64,13 @@ demo-down: lab-down
 # The whole suite runs under one pytest so CI ends with pytest's summary line. Quality
 # gates (ruff, yamllint, ansible-lint, ansible-test sanity) and molecule are pytest tests too.
 # Every run starts from fresh lab VMs and leaves none running, also when pytest fails (its exit code is kept;
-# a failed lab-down after a passing run fails the target).
+# a failed lab-down after a passing run fails the target). Two pytest-xdist workers: one runs every lab test in
+# order, the other everything that needs no lab VM meanwhile (tests/conftest.py says which is which).
+TEST_WORKERS ?= 2
 test: setup doctor kube-build
 	@tools/lab/lab.sh down >/dev/null
-	pytest -p no:cacheprovider --durations=60 tests/quality tests/unit tests/integration tests/molecule; rc=$$?; \
+	pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=60 \
+	  tests/quality tests/unit tests/integration tests/molecule; rc=$$?; \
 	  tools/lab/lab.sh down || { [ $$rc -ne 0 ] || rc=2; }; exit $$rc
 
 lint: setup

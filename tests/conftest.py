@@ -3,14 +3,21 @@
 * No silent skips in CI: with CI=true a skipped test is reported as a failure.
 * `need(tool)` fails with a message naming the missing tool and how to get it.
 * One lab per machine: the lab network, its VM names and the molecule containers are machine-wide, so a session that
-  collected an integration or molecule test takes an exclusive lock (LAB_LOCK) and holds it until the session ends;
-  a second pytest (another checkout, another terminal) waits, saying for what, instead of replacing the lab under
-  the first one. Processes started while the lock is held inherit FLEETMESH_LAB_LOCKED and do not take it again.
+  collected a lab test (needs_lab: an integration module not in LAB_FREE, or a molecule test) takes an exclusive
+  lock (LAB_LOCK) and holds it until the session ends; a second pytest (another checkout, another terminal) waits,
+  saying for what, instead of replacing the lab under the first one. Processes started while the lock is held
+  inherit FLEETMESH_LAB_LOCKED and do not take it again.
 * The molecule scenarios start when a session that collected them begins (tests/molecule/runner.py), next to the
   quality and unit tests, which touch no container, and they go on next to the integration tests (their instances
   sit on the lab network at their own fixed addresses, .6 to .9, below the lab VMs'). Only a test marked
   `lab_network_down` (it takes the lab network down, and the molecule instances with it) waits until they have
-  ended. FLEETMESH_MOLECULE_EARLY=0 starts them at their own tests instead.
+  ended; those tests run last. FLEETMESH_MOLECULE_EARLY=0 starts them at their own tests instead.
+* Two workers (`make test` runs `pytest -n 2 --dist loadscope`, pytest-xdist, with the scheduler below): every
+  test that needs the lab (the lab VMs, its network, podman, the molecule scenarios) is in one scope, `lab`, so one
+  worker runs them all, in order, as a single session would. Everything else (quality gates, unit tests and the
+  integration modules in LAB_FREE, which start their own servers on free loopback ports or network namespaces of
+  their own) runs on the other worker meanwhile. The controller takes the lab lock before the workers start; the
+  lab worker starts the molecule scenarios at its first lab test.
 """
 
 from __future__ import annotations
@@ -28,9 +35,19 @@ COLLECTIONS = ROOT / ".build" / "collections"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 LAB_LOCK = Path(os.environ.get("FLEETMESH_LAB_LOCK", "/var/tmp/fleetmesh-lab.lock"))
 _LAB_DIRS = (ROOT / "tests" / "integration", ROOT / "tests" / "molecule")
+# Integration modules that touch nothing machine-wide of the lab: no lab VM, no lab network, no podman, no fixed port
+# (their kube-apiserver, Contour, istiod and Envoy pick free loopback ports; test_shift_traffic's stand-ins sit in
+# network namespaces of its own on 10.213.79.0/24). They run on the lab-free worker, next to the lab tests.
+LAB_FREE = frozenset({
+    "test_awx_runner_ee.py", "test_contour_harness.py", "test_envoy_modules.py", "test_envoy_packages.py",
+    "test_istiod.py", "test_kube_layer_apiserver.py", "test_kubeapi_harness.py", "test_registration_kube.py",
+    "test_registration_playbooks.py", "test_shift_traffic.py", "test_workloads_inventory.py",
+})
+LAB_SCOPE = "lab"
 _lab_lock_fd: list[int] = []
 _MOLECULE_DIR = ROOT / "tests" / "molecule"
 _molecule_early: list[bool] = []  # [waited?] once the runs were started at the session's beginning
+_molecule_deferred: list[bool] = []  # an xdist worker: start them at its first lab test (only the lab worker has one)
 
 if str(COLLECTIONS) not in sys.path:
     sys.path.insert(0, str(COLLECTIONS))
@@ -56,6 +73,22 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped in CI, which is not allowed: {report.longrepr}"
 
 
+def needs_lab(path: Path | str) -> bool:
+    """Whether a test file needs the machine's lab (an integration module not in LAB_FREE, or a molecule test)."""
+    path = Path(str(path))
+    return any(path.is_relative_to(d) for d in _LAB_DIRS) and path.name not in LAB_FREE
+
+
+def _args_may_need_lab(config) -> bool:
+    """Before collection (the xdist controller collects nothing): whether the command line may select a lab test."""
+    for arg in config.args or [str(config.rootpath)]:
+        path = Path(config.invocation_params.dir, arg.split("::", 1)[0]).resolve()
+        if any(d.is_relative_to(path) for d in _LAB_DIRS) or (path.is_dir() and needs_lab(path / "x")) or \
+                (path.is_file() and needs_lab(path)):
+            return True
+    return False
+
+
 def _take_lab_lock() -> None:
     if _lab_lock_fd or os.environ.get("FLEETMESH_LAB_LOCKED"):
         return
@@ -69,23 +102,64 @@ def _take_lab_lock() -> None:
     os.environ["FLEETMESH_LAB_LOCKED"] = "1"
 
 
+def pytest_sessionstart(session):
+    """The xdist controller takes the lab lock before its workers start (they inherit FLEETMESH_LAB_LOCKED)."""
+    config = session.config
+    if config.pluginmanager.has_plugin("dsession") and not config.option.collectonly and _args_may_need_lab(config):
+        _take_lab_lock()
+
+
+def pytest_collection_modifyitems(config, items):
+    """An xdist worker collects the lab tests first, so the first worker to ask for work gets them (`make test`
+    keeps that order with --no-loadscope-reorder). Tests that take the lab network down run last."""
+    worker = hasattr(config, "workerinput")
+    items.sort(key=lambda item: (worker and not needs_lab(item.path),
+                                 item.get_closest_marker("lab_network_down") is not None))
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope` with the scopes of LAB_SCOPE: every lab test in one scope (one worker runs them in order),
+    any other module a scope of its own (its module fixtures set up once)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # pylint: disable=import-outside-toplevel
+
+    class LabScopeScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return LAB_SCOPE if needs_lab(ROOT / module) else module
+
+    return LabScopeScheduling(config, log)
+
+
 def pytest_collection_finish(session):
-    """Take the machine's lab lock before any fixture runs when an integration or molecule test was collected
-    (module-scoped lab fixtures start VMs before any function-scoped fixture could take it)."""
-    if any(Path(str(item.path)).is_relative_to(d) for item in session.items for d in _LAB_DIRS):
+    """Take the machine's lab lock before any fixture runs when a lab test was collected (module-scoped lab
+    fixtures start VMs before any function-scoped fixture could take it)."""
+    if not session.config.option.collectonly and any(needs_lab(item.path) for item in session.items):
         _take_lab_lock()
     if os.environ.get("FLEETMESH_MOLECULE_EARLY", "1") != "0" and \
             any(Path(str(item.path)).is_relative_to(_MOLECULE_DIR) for item in session.items):
         from tests.molecule import runner  # pylint: disable=import-outside-toplevel  # imports this module
 
-        if not runner.missing():  # otherwise their own tests say what is missing
+        if runner.missing():  # their own tests say what is missing
+            return
+        if hasattr(session.config, "workerinput"):  # an xdist worker: every worker collects every test
+            _molecule_deferred.append(True)
+        else:
             runner.start_in_background()
             _molecule_early.append(False)
 
 
 @pytest.hookimpl(tryfirst=True)  # before the test's fixtures (a module's lab fixture brings the lab up)
 def pytest_runtest_setup(item):
-    """A test that takes the lab network down waits until the molecule scenarios started with the session have ended."""
+    """The lab worker starts the molecule scenarios at its first lab test; a test that takes the lab network down
+    waits until the molecule scenarios started with the session have ended."""
+    if _molecule_deferred and not _molecule_early and needs_lab(item.path):
+        from tests.molecule import runner  # pylint: disable=import-outside-toplevel
+
+        runner.start_in_background()
+        _molecule_early.append(False)
     if _molecule_early and not _molecule_early[0] and item.get_closest_marker("lab_network_down"):
         from tests.molecule import runner  # pylint: disable=import-outside-toplevel
 
