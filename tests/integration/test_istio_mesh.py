@@ -28,7 +28,10 @@ file order, as the sidecar's life does:
    ``web``; with PeerAuthentication STRICT plain-text clients that bypass the mesh (on the controller, and on A as
    istio-proxy, whose traffic capture leaves alone) are refused while A still gets through (mTLS); an
    AuthorizationPolicy that denies A's service account gets A a 403, and removing it lets A through again. istiod's
-   /debug/syncz shows no NACK from the VMs' upstream Envoy.
+   /debug/syncz shows no NACK from the VMs' upstream Envoy. On every VM (one round each) names outside the mesh
+   still resolve with DNS capture on: /etc/hosts (the role's block, a name the test adds) and the VM's resolver
+   (the other lab VMs' names, which istiod's name table does not have; LabResolver answers them on the lab
+   network's DNS address, standing in for podman's aardvark-dns).
 
 5. ``sidecar_offboard.yml`` (check mode first: nothing changes) removes each VM's WorkloadEntry from the API server
    and the sidecar from the VM: istiod lists the VM nowhere any more (``/debug/syncz``, ``/debug/connections``,
@@ -54,6 +57,8 @@ import http.server
 import json
 import re
 import shlex
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -83,6 +88,10 @@ MARKER = "fleetmesh.envoy istio_sidecar"
 # /etc/certs belongs to istio-proxy on a sidecar VM (roles/istio_sidecar/README.md, "one directory, one owner"):
 # other tests' Envoy certificates there are set aside and put back afterwards.
 SAVED_CERTS = "/etc/certs.saved-by-mesh-test"  # no "istio" in it: TRACES looks for such names
+# The lab VMs' resolv.conf names the lab network's gateway (podman's DNS address on the network) and, after it, the
+# machine's own resolver, outside the lab. The agent's DNS proxy spreads the queries it forwards over all of them
+# (round robin), so while the sidecar runs the VMs keep only the lab's, where LabResolver answers.
+SAVED_RESOLV = "/etc/resolv.conf.saved-by-mesh-test"
 CERTS = "ls /etc/certs/root-cert.pem /etc/certs/cert-chain.pem /etc/certs/key.pem 2>/dev/null; true"
 # Everything the sidecar may leave behind, looked for after offboarding. /etc/certs is checked on its own.
 TRACES = ("ls -d /var/lib/istio /etc/istio /var/log/istio /run/secrets /var/cache/fleetmesh-istio-sidecar "
@@ -142,7 +151,7 @@ def lab(tmp_path_factory):
     api.start()
     pilot = istiod_harness.Istiod(api, tmp / "istiod", cacerts={k: files[k] for k in CACERTS_KEYS},
                                   secure_grpc_address=(GATEWAY, 15012))
-    server = None
+    server = resolver = None
     state = {"offboarded": False}
     try:
         pilot.start()
@@ -158,7 +167,10 @@ def lab(tmp_path_factory):
         for book in (str(ROOT / "molecule/sidecar-debian/el9_emulation_programs.yml"), "lab_app.yml"):
             run = playbook(book)
             assert run.rc == 0, run.out[-3000:]
-        on_hosts(f"if [ -e /etc/certs ] && [ ! -e {SAVED_CERTS} ]; then mv /etc/certs {SAVED_CERTS}; fi; true")
+        resolver = LabResolver(LAB_HOSTS).__enter__()
+        on_hosts(f"if [ -e /etc/certs ] && [ ! -e {SAVED_CERTS} ]; then mv /etc/certs {SAVED_CERTS}; fi; "
+                 f"[ -e {SAVED_RESOLV} ] || cp -p /etc/resolv.conf {SAVED_RESOLV}; "
+                 f"printf 'search dns.podman\\nnameserver {GATEWAY}\\n' > /etc/resolv.conf")
         variables = {
             "fleetmesh_istio_sidecar": True,
             "fleetmesh_kubeconfig": str(api.registrar_kubeconfig),
@@ -180,18 +192,21 @@ def lab(tmp_path_factory):
         before = on_hosts(TRACES)
         assert set(before) == set(HOSTS), before
         print(f"lab and istiod in {time.monotonic() - t0:.0f} s")
-        yield {"api": api, "pilot": pilot, "vars": variables, "before": before, "state": state,
+        yield {"api": api, "pilot": pilot, "vars": variables, "before": before, "state": state, "resolver": resolver,
                "root": files["root-cert.pem"].decode()}
     finally:
         if not state["offboarded"]:
             playbook("sidecar_offboard.yml", "-e", "target=web")
         # Envoy's certificates back in /etc/certs, its stats listener back on its default port.
-        on_hosts(f"if [ -e {SAVED_CERTS} ]; then rm -rf /etc/certs && mv {SAVED_CERTS} /etc/certs; fi; true")
+        on_hosts(f"if [ -e {SAVED_CERTS} ]; then rm -rf /etc/certs && mv {SAVED_CERTS} /etc/certs; fi; "
+                 f"if [ -e {SAVED_RESOLV} ]; then cat {SAVED_RESOLV} > /etc/resolv.conf && rm {SAVED_RESOLV}; fi")
         envoy = playbook("envoy.yml")
         print(f"teardown: envoy.yml rc={envoy.rc} in {envoy.seconds:.0f} s")
         on_hosts(f"rm -rf {CERTS_SRC}; rmdir /etc/fleetmesh 2>/dev/null; true")
         if server is not None:
             server.shutdown()
+        if resolver is not None:
+            resolver.__exit__()
         pilot.stop()
         api.stop()
 
@@ -485,14 +500,107 @@ def test_capture_rules_on_every_vm(lab, traffic):
         assert "-j ISTIO_REDIRECT" in rules and "REDIRECT --to-ports 15001" in rules, (host, rules)
 
 
-def test_the_service_name_resolves_on_the_vms(lab, traffic):
+EXTRA_NAME, EXTRA_ADDRESS = "fm-mesh-test-extra.lab.internal", "10.213.77.250"  # added to /etc/hosts by the test
+# One round per VM: the mesh name, istiod's name (the role's hosts block), a name the test adds to /etc/hosts (and
+# takes out again: podman bind-mounts /etc/hosts, so it is rewritten in place), and the other lab VMs' names, which
+# only the VM's resolver (the first nameserver of resolv.conf, on the lab network's gateway) answers.
+_RESOLVE = (f"echo '{EXTRA_ADDRESS} {EXTRA_NAME} # mesh-test' >> /etc/hosts; "
+            f"echo mesh $(getent hosts {NAME} | cut -d' ' -f1); "
+            "echo istiod $(getent hosts istiod.istio-system.svc | cut -d' ' -f1); "
+            f"echo extra $(getent hosts {EXTRA_NAME} | cut -d' ' -f1); "
+            "grep -v ' # mesh-test$' /etc/hosts > /tmp/hosts.mesh-test && cat /tmp/hosts.mesh-test > /etc/hosts; "
+            "rm -f /tmp/hosts.mesh-test; echo left $(grep -c ' # mesh-test$' /etc/hosts); "
+            f"for vm in {' '.join(HOSTS)}; do [ \"$vm\" = \"$(hostname -s)\" ] && continue; "
+            "echo \"vm $vm $(getent hosts $vm | cut -d' ' -f1) $(grep -cw $vm /etc/hosts)\"; done; "
+            "echo resolver $(awk '$1 == \"nameserver\" {print $2}' /etc/resolv.conf); "
+            "echo dnat $( (iptables-legacy-save; iptables-nft-save) 2>/dev/null | grep -c 'dport 53 .*15053')")
+
+
+class LabResolver:
+    """The lab VMs' names on the lab network's DNS address (GATEWAY:53, the first nameserver of their resolv.conf,
+    search ``dns.podman``), as podman's aardvark-dns answers them where it runs. This machine's podman has no
+    aardvark-dns (nothing answers on GATEWAY:53), so the test answers there itself while it runs: A records for
+    ``<vm>`` and ``<vm>.dns.podman``, an empty NOERROR for their other types, REFUSED for anything else. It records
+    who asked what, to show the VMs' queries reached it."""
+
+    def __init__(self, names: dict[str, str]):
+        self.names = {f"{n}{suffix}".lower(): ip for n, ip in names.items() for suffix in ("", ".dns.podman")}
+        self.asked: list[tuple[str, str]] = []  # (client address, name)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((GATEWAY, 53))
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _answer(self, query: bytes) -> tuple[bytes, str]:
+        qid, _flags, qdcount = struct.unpack("!HHH", query[:6])
+        labels, i = [], 12
+        while query[i]:
+            labels.append(query[i + 1:i + 1 + query[i]].decode(errors="replace"))
+            i += 1 + query[i]
+        question = query[12:i + 5]
+        qtype = struct.unpack("!H", query[i + 1:i + 3])[0]
+        name = ".".join(labels).lower()
+        ip = self.names.get(name)
+        rcode = 0 if ip else 3  # NXDOMAIN for anything else: no resolver after this one is asked
+        answers = b""
+        if ip and qtype == 1:
+            answers = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 5, 4) + socket.inet_aton(ip)
+        flags = 0x8580 | rcode  # response, authoritative, recursion desired and available
+        return struct.pack("!HHHHHH", qid, flags, min(qdcount, 1), 1 if answers else 0, 0, 0) + question + answers, name
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                query, client = self.sock.recvfrom(512)
+            except TimeoutError:
+                continue
+            try:
+                reply, name = self._answer(query)
+                self.asked.append((client[0], name))
+            except (IndexError, struct.error):
+                continue
+            self.sock.sendto(reply, client)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def test_names_in_and_outside_the_mesh_resolve_on_the_vms(lab, traffic):
+    """The agent's DNS proxy with DNS capture (ISTIO_META_DNS_CAPTURE) answers the mesh name with the Service's
+    ClusterIP and leaves names outside the mesh to the VM: /etc/hosts (the role's block, and a name added by the
+    test) and the VM's resolver (istio#29224), on the Debian VMs and the EL 9 emulation."""
     status, svc = lab["api"].request("GET", f"/api/v1/namespaces/{NS}/services/web")
     assert status == 200, svc
-    found = on_hosts(f"getent hosts {NAME} | cut -d' ' -f1; getent hosts istiod.istio-system.svc | cut -d' ' -f1")
+    resolver = lab["resolver"]
+    first = len(resolver.asked)
+    found = on_hosts(_RESOLVE)
     assert set(found) == set(HOSTS), found
+    asked = {client for client, name in resolver.asked[first:] if name.split(".")[0] in LAB_HOSTS}
+    assert asked >= set(LAB_HOSTS.values()), resolver.asked  # each VM's lookups reached the VM's resolver
     for host, out in found.items():
-        # The mesh name from the agent's DNS proxy; istiod's name from the role's /etc/hosts block still resolves.
-        assert out.split() == [svc["spec"]["clusterIP"], GATEWAY], (host, out)
+        seen: dict[str, list[str]] = {}
+        for line in out.splitlines():
+            key, *values = line.split()
+            seen[key if key != "vm" else f"vm {values.pop(0)}"] = values
+        assert seen["mesh"] == [svc["spec"]["clusterIP"]], (host, out)  # the agent's DNS proxy (istiod's names)
+        assert seen["istiod"] == [GATEWAY], (host, out)                  # the role's /etc/hosts block
+        assert seen["extra"] == [EXTRA_ADDRESS], (host, out)             # a name the VM's /etc/hosts has
+        for other in set(HOSTS) - {host}:                                # the VM's resolver, not in /etc/hosts
+            assert seen[f"vm {other}"] == [LAB_HOSTS[other], "0"], (host, other, out)
+        assert seen["resolver"] == [GATEWAY], (host, out)  # the lab network's resolver (LabResolver) only
+        assert int(seen["dnat"][0]) >= 1, (host, out)      # DNS to it is captured (sent to the agent's :15053)
+        # The other VMs' names are not mesh names: istiod's name table for this proxy (NDS) has the Service only.
+        status, nds = lab["pilot"].debug(f"/debug/ndsz?proxyID={host}.{NS}")
+        assert status == 200 and NAME in nds, (host, nds[:2000])
+        assert not any(other in nds for other in HOSTS), (host, nds[:2000])
+        assert seen["left"] == ["0"], (host, out)  # the test's name is out of /etc/hosts again
 
 
 def test_a_vm_reaches_the_other_vms_by_name(lab, traffic):
