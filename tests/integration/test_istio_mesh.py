@@ -32,6 +32,9 @@ file order, as the sidecar's life does:
    still resolve with DNS capture on: /etc/hosts (the role's block, a name the test adds) and the VM's resolver
    (the other lab VMs' names, which istiod's name table does not have; LabResolver answers them on the lab
    network's DNS address, standing in for podman's aardvark-dns).
+   Identity beyond the token: the ServiceAccount is recreated (TokenReview rejects every VM's istio-token), the
+   agents restart with 40 s certificates (SECRET_TTL), renew them with the certificate they hold past the end of the
+   one they restarted with, one VM restarts again and rejoins, and the mesh still answers.
 
 5. ``sidecar_offboard.yml`` (check mode first: nothing changes) removes each VM's WorkloadEntry from the API server
    and the sidecar from the VM: istiod lists the VM nowhere any more (``/debug/syncz``, ``/debug/connections``,
@@ -648,6 +651,110 @@ def test_authorization_policy_denies_and_then_allows_the_caller(lab, traffic):
                                    f"{DENY['metadata']['name']}")
         assert status in (200, 202, 404), body
     _wait_calls("200")
+
+
+# -- identity beyond the token (issue 14, item 5) -----------------------------------------------------------------
+
+SECRET_TTL = 40  # seconds: the agent renews at half of it (SECRET_GRACE_PERIOD_RATIO 0.5)
+RESTARTED = "fm-el-1"  # restarted a second time, after its renewals, with the token still rejected
+_CLUSTER_ENV = "/var/lib/istio/envoy/cluster.env"
+_READY = ("for i in $(seq 120); do [ \"$(curl -s -o /dev/null -w '%{http_code}' "
+          "http://127.0.0.1:15021/healthz/ready)\" = 200 ] && break; sleep 0.5; done")
+# Restart the sidecar (as a reboot does) and wait until it is ready with another certificate in /etc/certs.
+_RESTART = ("old=$(sha256sum < /etc/certs/cert-chain.pem); systemctl restart istio; " + _READY + "; "
+            "for i in $(seq 60); do [ \"$(sha256sum < /etc/certs/cert-chain.pem)\" != \"$old\" ] && break; "
+            "sleep 0.5; done")
+_CERT_NOW = (f"echo at $(date +%s); echo cert $(base64 -w0 /etc/certs/cert-chain.pem); "
+             f"echo admin $({_ADMIN_CERTS} | base64 -w0)")
+
+
+def _issued(pilot) -> int:
+    """Certificates istiod's CA has issued so far (its monitoring port)."""
+    return sum(map(int, re.findall(r"^citadel_server_success_cert_issuance_count\S* (\d+)", _metrics(pilot), re.M)))
+
+
+def _review(api, token: str) -> dict:
+    status, review = api.request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", {
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "spec": {"token": token, "audiences": ["istio-ca"]}})
+    assert status == 201, review
+    return review["status"]
+
+
+def _held(out: str, host: str, root: str, lifetime: int | None = None) -> x509.Certificate:
+    """The workload certificate in /etc/certs from one ``_CERT_NOW`` output: istiod's (chains to the mesh root,
+    the SPIFFE ID of the service account), valid when it was read, and held by the proxy's Envoy."""
+    lines = dict(line.split(" ", 1) for line in out.splitlines() if line.startswith(("at ", "cert ", "admin ")))
+    chain = base64.b64decode(lines["cert"]).decode()
+    leaf = _leaf(lines["cert"])
+    assert ca_lib.verify_chain(chain, root) == [], (host, chain)
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [SPIFFE], host
+    at = datetime.datetime.fromtimestamp(int(lines["at"]), datetime.UTC)
+    assert leaf.not_valid_before_utc <= at <= leaf.not_valid_after_utc, (host, at, leaf.not_valid_after_utc)
+    if lifetime is not None:  # istiod honours the agent's SECRET_TTL (its NotBefore is 2 min back for clock skew);
+        # the collection's certificates live 30 days
+        assert leaf.not_valid_after_utc - at <= datetime.timedelta(seconds=lifetime + 5), (host, at, leaf)
+    admin = json.loads(base64.b64decode(lines["admin"]))
+    serials = {int(c["serial_number"], 16) for e in admin["certificates"] for c in e.get("cert_chain") or []}
+    assert leaf.serial_number in serials, (host, serials)
+    return leaf
+
+
+def test_certificates_renew_without_the_token_and_after_a_restart(lab, traffic):
+    """After the first bootstrap the agent authenticates its CSRs with the certificate it holds (PROV_CERT and
+    OUTPUT_CERTS are both /etc/certs; istiod's ClientCertAuthenticator comes before the token), so a rejected
+    istio-token cuts no VM off: the ServiceAccount is deleted and recreated (TokenReview now rejects every VM's
+    token), the agents run with short certificates (SECRET_TTL), restart, and keep renewing past the lifetime of the
+    certificate they restarted with; a second restart after that still rejoins; the mesh still answers."""
+    api, pilot = lab["api"], lab["pilot"]
+    root = pilot.root_cert(NS)
+    tokens = {h: t.strip() for h, t in on_hosts("cat /var/run/secrets/tokens/istio-token").items()}
+    assert set(tokens) == set(HOSTS) and all(_review(api, t).get("authenticated") is True for t in tokens.values())
+    t0 = time.monotonic()
+    status, body = api.request("DELETE", f"/api/v1/namespaces/{NS}/serviceaccounts/{SA}")
+    assert status == 200, body
+    api.apply([{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SA, "namespace": NS}}])
+    # The API server's service account cache follows the deletion within moments: wait for the rejection.
+    kubeapi._wait("TokenReview rejects every VM's istio-token",
+                  lambda: not any(_review(api, t).get("authenticated") for t in tokens.values()), 30, interval=0.5)
+    rejected = [_review(api, t) for t in tokens.values()]
+    assert all(r.get("error") for r in rejected), rejected  # e.g. "service account UID ... does not match"
+    issued = _issued(pilot)
+
+    # Short certificates (SECRET_TTL in cluster.env) and a restart, as after a reboot: the token is rejected, the
+    # certificate in /etc/certs (istiod's, from the onboarding) gets the new one.
+    restarted = on_hosts(
+        f"sed -i '/^SECRET_TTL=/d' {_CLUSTER_ENV}; echo \"SECRET_TTL='{SECRET_TTL}s'\" >> {_CLUSTER_ENV}; "
+        f"{_RESTART}; {_CERT_NOW}")
+    assert set(restarted) == set(HOSTS), restarted
+    first = {h: _held(out, h, root, SECRET_TTL) for h, out in restarted.items()}
+    print(f"token rejected, agents restarted with {SECRET_TTL} s certificates in {time.monotonic() - t0:.0f} s")
+
+    # Renewal without a restart and without the token, past the end of the certificate each agent restarted with.
+    wait_until = max(c.not_valid_after_utc for c in first.values()).timestamp() + 2
+    renewed = on_hosts(
+        f"while [ $(date +%s) -lt {int(wait_until)} ]; do sleep 1; done; {_CERT_NOW}; "
+        f"if [ \"$(hostname -s)\" = {RESTARTED} ]; then echo restart; {_RESTART}; {_CERT_NOW}; fi")
+    assert set(renewed) == set(HOSTS), renewed
+    leaves = {}
+    for host, out in renewed.items():
+        # valid when read, which is after the end of the certificate the agent restarted with
+        leaves[host] = _held(out.split("\nrestart\n", 1)[0], host, root, SECRET_TTL)
+        assert leaves[host].serial_number != first[host].serial_number, host  # renewed by the running agent
+    # The second restart, with the renewed certificate and the rejected token: rejoined with a new certificate.
+    second = _held(renewed[RESTARTED].split("\nrestart\n", 1)[1], RESTARTED, root, SECRET_TTL)
+    assert second.serial_number != leaves[RESTARTED].serial_number, RESTARTED
+    assert on_hosts("systemctl is-active istio", RESTARTED) == {RESTARTED: "active"}
+    assert not any(_review(api, t).get("authenticated") for t in tokens.values())  # the tokens are still rejected
+    assert _issued(pilot) - issued >= 2 * len(HOSTS) + 1, (issued, _issued(pilot))  # each one by istiod's CA
+    # The mesh still answers, the restarted VM included.
+    _wait_calls("200")
+    pages = _calls(12)
+    assert all(code == "200" for code, _body in pages), pages
+    assert OTHERS <= {body.removeprefix("hello from ").strip() for _code, body in pages}, pages
+    _no_nack(pilot)
+    print(f"identity beyond the token checked in {time.monotonic() - t0:.0f} s")
 
 
 # -- 5. offboarded ---------------------------------------------------------------------------------------------------
