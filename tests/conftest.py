@@ -48,6 +48,10 @@ _lab_lock_fd: list[int] = []
 _MOLECULE_DIR = ROOT / "tests" / "molecule"
 _molecule_early: list[bool] = []  # [waited?] once the runs were started at the session's beginning
 _molecule_deferred: list[bool] = []  # an xdist worker: start them at its first lab test (only the lab worker has one)
+# The lab tests are the critical path of `make test`; the lab-free worker has time to spare (its share is a third of
+# the lab worker's), so it yields the CPU to them: it lowers its priority at its first test (children inherit it).
+FREE_WORKER_NICE = int(os.environ.get("FLEETMESH_FREE_WORKER_NICE", "10"))
+_niced: list[bool] = []
 
 if str(COLLECTIONS) not in sys.path:
     sys.path.insert(0, str(COLLECTIONS))
@@ -155,6 +159,9 @@ def pytest_collection_finish(session):
 def pytest_runtest_setup(item):
     """The lab worker starts the molecule scenarios at its first lab test; a test that takes the lab network down
     waits until the molecule scenarios started with the session have ended."""
+    if not _niced and hasattr(item.config, "workerinput") and not needs_lab(item.path):
+        os.nice(FREE_WORKER_NICE)
+        _niced.append(True)
     if _molecule_deferred and not _molecule_early and needs_lab(item.path):
         from tests.molecule import runner  # pylint: disable=import-outside-toplevel
 
