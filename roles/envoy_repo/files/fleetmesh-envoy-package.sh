@@ -31,12 +31,25 @@ need() {
     command -v "$t" >/dev/null || die "'$t' is missing; run 'make setup' (apt-get install dpkg-dev rpm createrepo-c gpg gpg-agent)"
   done
 }
+# gpg talks to its agent over sockets in the home directory (S.gpg-agent.browser, ...), and a socket path has at
+# most 107 bytes: with a longer home gpg says "No agent running". Such a home is used through a short alias, a
+# symlink in a directory of its own under /tmp that goes when the command ends (gpg keeps the path it is given).
+gpg_alias() { # HOME: sets __gh to HOME, or to a short alias of it
+  __gh="$1"
+  [ "${#1}" -gt 80 ] || return 0
+  [ -n "${__gpg_alias_dir:-}" ] || __gpg_alias_dir="$(mktemp -d /tmp/fm-gpg.XXXXXX)"
+  ln -sfn "$1" "$__gpg_alias_dir/h"
+  __gh="$__gpg_alias_dir/h"
+}
 # The agent gpg starts for HOME goes when the command ends.
-gpg_done() { [ -z "${__gpg_home:-}" ] || gpgconf --homedir "$__gpg_home" --kill gpg-agent >/dev/null 2>&1 || :; }
+gpg_done() {
+  if [ -n "${__gpg_home:-}" ]; then gpg_alias "$__gpg_home"; gpgconf --homedir "$__gh" --kill gpg-agent >/dev/null 2>&1 || :; fi
+  [ -z "${__gpg_alias_dir:-}" ] || rm -rf "$__gpg_alias_dir"
+}
 trap gpg_done EXIT
 gpgh() { # HOME ARGS...: gpg on that keyring, never asking
-  local home="$1"; shift
-  gpg --homedir "$home" --batch --no-tty --quiet --pinentry-mode loopback --passphrase '' "$@"
+  gpg_alias "$1"; shift
+  gpg --homedir "$__gh" --batch --no-tty --quiet --pinentry-mode loopback --passphrase '' "$@"
 }
 signing() { [ -n "${FM_SIGN_KEY:-}" ]; }
 sign_file() { # MODE IN OUT: MODE is clearsign or detach (armored)
@@ -104,7 +117,8 @@ build_rpm() {
   [ "$digest" = "$sha" ] || die "the rpm's /opt/fleetmesh/envoy/$version/envoy has digest '$digest', expected $sha"
   if signing; then
     need rpmsign gpg
-    rpmsign --addsign --define "_gpg_name $FM_SIGN_KEY" --define "_gpg_path $FM_GNUPGHOME" \
+    gpg_alias "$FM_GNUPGHOME"
+    rpmsign --addsign --define "_gpg_name $FM_SIGN_KEY" --define "_gpg_path $__gh" \
       --define "__gpg $(command -v gpg)" --define "_gpg_digest_algo sha256" \
       --define "_gpg_sign_cmd_extra_args --batch --no-tty --pinentry-mode loopback --passphrase ''" \
       "$rpm" > "$meta/rpmsign.log" 2>&1 || { cat "$meta/rpmsign.log" >&2; die "rpmsign failed for $version"; }
