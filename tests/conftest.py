@@ -113,12 +113,24 @@ def pytest_sessionstart(session):
         _take_lab_lock()
 
 
+# In `make test`, the lab modules most sensitive to a loaded machine (many VMs, fault timing, the sidecar's capture
+# and restarts) run after the other lab modules, once the molecule scenarios and the lab-free worker are done.
+LAB_LATE = ("test_istio_mesh.py", "test_fault_matrix.py")
+
+
 def pytest_collection_modifyitems(config, items):
     """An xdist worker collects the lab tests first, so the first worker to ask for work gets them (`make test`
-    keeps that order with --no-loadscope-reorder). Tests that take the lab network down run last."""
+    keeps that order with --no-loadscope-reorder), LAB_LATE after the other lab modules. Tests that take the lab
+    network down run last."""
     worker = hasattr(config, "workerinput")
+
+    def late(item) -> int:
+        name = Path(str(item.path)).name
+        return 1 + LAB_LATE.index(name) if worker and name in LAB_LATE else 0
+
     items.sort(key=lambda item: (worker and not needs_lab(item.path),
-                                 item.get_closest_marker("lab_network_down") is not None))
+                                 item.get_closest_marker("lab_network_down") is not None,
+                                 Path(str(item.path)).is_relative_to(_MOLECULE_DIR), late(item)))
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist
