@@ -177,7 +177,9 @@ def pytest_runtest_setup(item):
     if _molecule_deferred and not _molecule_early and needs_lab(item.path):
         from tests.molecule import runner  # pylint: disable=import-outside-toplevel
 
-        runner.start_in_background()
+        # Not in the background: fm-repo (repo.sh up, a few seconds) must be up before this test's fixtures bring the
+        # lab up, or both set up the lab network at once (IPAM: "10.213.77.5 is already allocated").
+        runner.start()
         _molecule_early.append(False)
     if _molecule_early and not _molecule_early[0] and item.get_closest_marker("lab_network_down"):
         from tests.molecule import runner  # pylint: disable=import-outside-toplevel

@@ -1,10 +1,10 @@
 """The molecule scenarios, started once per pytest session (tests/molecule/test_molecule.py judges them).
 
 They share nothing with each other (own containers, own ephemeral directories, the sidecar ones their own
-kube-apiserver on free loopback ports), so they run WORKERS at a time, longest first. `make test` starts them when
-its session begins (tests/conftest.py), next to the quality and unit tests, which never touch a container, and the
-first lab test waits for them: lab tests take the lab down and up, and `lab.sh down` removes the lab network with
-every container on it, the molecule instances included (they sit next to fm-repo on that network).
+kube-apiserver on free loopback ports), so they run WORKERS at a time, longest first, at a lower priority (NICE).
+In `make test` the lab worker starts them at its first lab test (tests/conftest.py) and they run next to the lab
+tests, at their own addresses on the lab network; only the tests that take the lab network down (`lab.sh down`
+removes it with every container on it, the molecule instances included) wait for them, and those run last.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 `rhel` runs the EL 9 emulation image unless FLEETMESH_EL9_IMAGE names a real EL 9 init image.
 
-They run two at a time, longest first (tests/molecule/runner.py): `make test` starts them when its session begins,
-next to the quality and unit tests, and the first lab test waits for them (tests/conftest.py); run alone, the first
-test here starts them. Each test waits for its own scenario and judges its log. Two, not more: the controller has two
-cores here, and the scenarios' own waits (Envoy ready, systemd) must not be starved.
+They run two at a time, longest first (tests/molecule/runner.py): in `make test` the lab worker starts them at its
+first lab test, next to the lab tests, and only the tests that take the lab network down wait for them
+(tests/conftest.py); run alone, the first test here starts them. Each test waits for its own scenario and judges its
+log. Two, not more: the controller has two cores here, and the scenarios' own waits (Envoy ready, systemd) must not
+be starved.
 """
 
 from __future__ import annotations
