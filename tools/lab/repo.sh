@@ -60,10 +60,20 @@ up() {
   local state=kept
   if ! podman container exists "$name"; then
     state=started
-    podman run -d --name "$name" --hostname "$name" --label fleetmesh-lab-repo=1 \
-      --network "$net" --ip "$ip" --read-only --tmpfs /tmp \
-      -v "$repo_dir:/srv/repo:ro" --workdir /srv/repo \
-      "$image" python3 -m http.server "$port" --bind 0.0.0.0 --directory /srv/repo >/dev/null
+    local err
+    if ! err="$(podman run -d --name "$name" --hostname "$name" --label fleetmesh-lab-repo=1 \
+        --network "$net" --ip "$ip" --read-only --tmpfs /tmp \
+        -v "$repo_dir:/srv/repo:ro" --workdir /srv/repo \
+        "$image" python3 -m http.server "$port" --bind 0.0.0.0 --directory /srv/repo 2>&1 >/dev/null)"; then
+      podman rm -f -t 0 "$name" >/dev/null 2>&1 || :
+      # Seen once: a podman killed while it set a container up keeps that container's address in its IPAM
+      # database (/run/containers/networks/ipam.db) after the container and the network are gone.
+      case "$err" in
+        *"already allocated to container ID"*)
+          die "$ip is held in podman's IPAM database by a container that no longer exists ($err). With no container on a podman network, move /run/containers/networks/ipam.db aside (it is rebuilt; a reboot clears it too)" ;;
+        *) die "podman run $name failed: $err" ;;
+      esac
+    fi
   fi
   wait_http
   local key="$repo_dir/fleetmesh-envoy.asc" signed="signed by $repo_dir/fleetmesh-envoy.asc (envoy_package_signing_key)"
