@@ -310,11 +310,13 @@ class Istiod:
 
 
 def start_pilot_agent(pilot: Istiod, work_dir: Path, namespace: str, service_account: str, token: str,
-                      root_pem: str, envoy: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
-    """The real pilot-agent (``proxy sidecar``) with ``envoy``, as on a VM but on loopback: discovery and CA at
-    istiod's secure gRPC port on 127.0.0.1, verified as ``istiod.istio-system.svc`` (ISTIOD_SAN), the istio-token
-    and root in ``work_dir``, the workload certificate also written to ``work_dir/out`` (OUTPUT_CERTS).
-    No traffic capture (interception mode NONE); the agent's and Envoy's own ports are free-picked.
+                      root_pem: str, envoy: Path, *, mode: str = "sidecar",
+                      extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    """The real pilot-agent (``proxy sidecar``, or ``proxy router`` for a gateway) with ``envoy``, as on a VM but on
+    loopback: discovery and CA at istiod's secure gRPC port on 127.0.0.1, verified as ``istiod.istio-system.svc``
+    (ISTIOD_SAN), the istio-token and root in ``work_dir``, the workload certificate also written to
+    ``work_dir/out`` (OUTPUT_CERTS). No traffic capture (interception mode NONE); the agent's and Envoy's own ports
+    are free-picked; ``extra_env`` is added to the agent's environment (e.g. ISTIO_METAJSON_LABELS).
     Returns the process (its own process group) and its ports; the caller stops it with kubeapi._kill_group."""
     tokens = work_dir / "var" / "run" / "secrets" / "tokens"
     tokens.mkdir(parents=True, exist_ok=True)
@@ -341,12 +343,13 @@ def start_pilot_agent(pilot: Istiod, work_dir: Path, namespace: str, service_acc
         "ISTIO_META_CLUSTER_ID": CLUSTER_ID, "TRUST_DOMAIN": DOMAIN, "JWT_POLICY": "third-party-jwt",
         "ISTIO_META_INTERCEPTION_MODE": "NONE",
         "ENVOY_STATUS_PORT": str(ports["envoy_status"]), "ENVOY_PROMETHEUS_PORT": str(ports["envoy_prometheus"]),
+        **(extra_env or {}),
     }
     template = module_dir() / "tools" / "packaging" / "common" / "envoy_bootstrap.json"
     log = work_dir / "pilot-agent.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [str(pilot_agent_binary()), "proxy", "sidecar", f"--templateFile={template}",
+            [str(pilot_agent_binary()), "proxy", mode, f"--templateFile={template}",
              f"--serviceCluster={service_account}.{namespace}", "--concurrency=1"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work_dir,
             start_new_session=True, close_fds=True, preexec_fn=kubeapi._die_with_parent)  # noqa: PLW1509

@@ -45,9 +45,18 @@ file order, as the sidecar's life does:
 istiod (tests/harness/istiod.py, built from the pilot-agent pin) runs on the controller against the harness API
 server (Istio's own CRDs), with the collection's CA as its plug-in CA: the lab CA the workload_certs role signs with
 is written as the ``cacerts`` Secret, so certificates from the collection and from istiod chain to one root.
-istiod's secure gRPC port (xDS and CA) is bound on the lab network's host-side address, 10.213.77.1:15012; every
-other istiod listener stays on loopback. The east-west gateway (issue 14, item 3) is not built yet: the VMs'
-``/etc/hosts`` block (istio_sidecar_eastwest_address) points ``istiod.istio-system.svc`` at that address directly.
+Every istiod listener stays on loopback. The VMs reach istiod through an east-west gateway (issue 14, item 3;
+tests/harness/eastwest.py): Envoy driven by the real pilot-agent in router mode (``pilot-agent proxy router``, the
+pilot-agent and Envoy of the istio-sidecar package) on the controller, configured by istiod with Istio's own
+``samples/multicluster`` Gateways, bound to the lab network's host-side address: 10.213.77.1:15012 passes the TLS
+through to istiod (xDS and CA; ``istiod-gateway``/``istiod-vs``) and 10.213.77.1:15443 is the mesh port
+(``cross-network-gateway``, AUTO_PASSTHROUGH). The VMs' ``/etc/hosts`` block (istio_sidecar_eastwest_address) points
+``istiod.istio-system.svc`` at the gateway, as ``istioctl x workload entry configure`` does. Checked on the way:
+istiod sees each VM's xDS connection arrive from the gateway (127.0.0.1), the gateway holds connections from every
+VM's address and carried each VM's CA connection too; after offboarding it holds none. In section 4 a client on the
+controller with a mesh certificate (the gateway's own, from istiod's CA) reaches every VM of ``web`` through 15443
+with the SNI ``outbound_.8080_._.web.fleet-lab.svc.cluster.local``; the TLS ends at the VM's sidecar (its SPIFFE
+certificate, STRICT mTLS).
 """
 
 from __future__ import annotations
@@ -58,16 +67,19 @@ import functools
 import http.client
 import http.server
 import json
+import os
 import re
 import shlex
 import socket
+import ssl
 import struct
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-import istiod as istiod_harness  # tests/harness is put on sys.path by conftest.py
+import eastwest as eastwest_harness  # tests/harness is put on sys.path by conftest.py
+import istiod as istiod_harness
 import kubeapi
 import pytest
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh import ca as ca_lib
@@ -152,12 +164,14 @@ def lab(tmp_path_factory):
         kubeapi._write_private(ca_dir / name, data)
     api = kubeapi.KubeAPI(tmp / "kube", istio_crds=istiod_harness.crds_file())
     api.start()
-    pilot = istiod_harness.Istiod(api, tmp / "istiod", cacerts={k: files[k] for k in CACERTS_KEYS},
-                                  secure_grpc_address=(GATEWAY, 15012))
+    # istiod on loopback only; the east-west gateway (tests/harness/eastwest.py) exposes it on GATEWAY:15012.
+    pilot = istiod_harness.Istiod(api, tmp / "istiod", cacerts={k: files[k] for k in CACERTS_KEYS})
+    gateway = eastwest_harness.EastWestGateway(pilot, tmp / "eastwest", GATEWAY)
     server = resolver = None
     state = {"offboarded": False}
     try:
         pilot.start()
+        gateway.start()
         api.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
                    {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SA, "namespace": NS}}])
         build = subprocess.run([str(ROOT / "tools/pkg/istio-sidecar/build.sh"), "--print-dir"], capture_output=True,
@@ -195,8 +209,8 @@ def lab(tmp_path_factory):
         before = on_hosts(TRACES)
         assert set(before) == set(HOSTS), before
         print(f"lab and istiod in {time.monotonic() - t0:.0f} s")
-        yield {"api": api, "pilot": pilot, "vars": variables, "before": before, "state": state, "resolver": resolver,
-               "root": files["root-cert.pem"].decode()}
+        yield {"api": api, "pilot": pilot, "gateway": gateway, "vars": variables, "before": before, "state": state,
+               "resolver": resolver, "root": files["root-cert.pem"].decode()}
     finally:
         if not state["offboarded"]:
             playbook("sidecar_offboard.yml", "-e", "target=web")
@@ -210,6 +224,7 @@ def lab(tmp_path_factory):
             server.shutdown()
         if resolver is not None:
             resolver.__exit__()
+        gateway.stop()
         pilot.stop()
         api.stop()
 
@@ -356,9 +371,18 @@ def test_istiod_lists_every_vm_connected_and_synced(lab, onboarded):
     errors = {i: r.get("lastError") for i in PROXY_IDS for r in (proxies[i].get("resources") or {}).values()
               if r.get("lastError")}
     assert not errors, errors  # nothing NACKed by the VMs' upstream Envoy
-    # Each VM's own xDS connection, from its address on the lab network.
+    # Each VM's own xDS connection, through the east-west gateway: istiod listens on loopback only and sees each
+    # VM's connection come from there (the gateway's Envoy); the gateway holds the VMs' connections on the lab
+    # network's GATEWAY:15012, one from each VM's address at least.
+    gateway = lab["gateway"]
+    assert pilot.secure_grpc_host == "127.0.0.1", pilot.secure_grpc_host
     connections = _connections(pilot)
-    assert {i: connections.get(i) for i in PROXY_IDS} == {f"{h}.{NS}": LAB_HOSTS[h] for h in HOSTS}, connections
+    assert {i: connections.get(i) for i in PROXY_IDS} == {i: "127.0.0.1" for i in PROXY_IDS}, connections
+    assert set(gateway.peers(15012)) >= set(LAB_HOSTS.values()), gateway.peers(15012)
+    stats = gateway.cluster_stats(f"outbound|15012||{eastwest_harness.ISTIOD_HOST}")
+    print(f"east-west gateway to istiod: {stats.get('upstream_cx_active')} connections active, "
+          f"{stats.get('upstream_cx_total')} in all")
+    assert stats.get("upstream_cx_active", 0) >= len(HOSTS), stats
     # Each VM's WorkloadEntry, and its address among istiod's service endpoints.
     assert workload_entries(lab["api"]) == WORKLOAD_ENTRIES
     try:
@@ -400,6 +424,10 @@ def test_every_proxy_holds_an_istiod_certificate_for_its_spiffe_id(lab, onboarde
         assert SPIFFE in uris, (host, held)
     metrics = re.findall(r"^citadel_server_success_cert_issuance_count\S* (\d+)", _metrics(lab["pilot"]), re.M)
     assert metrics and sum(map(int, metrics)) >= len(HOSTS), metrics
+    # The CSRs went through the east-west gateway (istiod listens on loopback only): besides its xDS stream, each
+    # VM's agent opened a connection to istiod's CA through the gateway's cluster to istiod.
+    stats = lab["gateway"].cluster_stats(f"outbound|15012||{eastwest_harness.ISTIOD_HOST}")
+    assert stats.get("upstream_cx_total", 0) >= 2 * len(HOSTS), stats
 
 
 def _metrics(pilot) -> str:
@@ -653,6 +681,42 @@ def test_authorization_policy_denies_and_then_allows_the_caller(lab, traffic):
     _wait_calls("200")
 
 
+# -- the east-west gateway's mesh port, 15443 (issue 14, item 3) ------------------------------------------------
+
+SNI = f"outbound_.{PORT}_._.{NAME}"  # the SNI-DNAT cluster istiod builds for the gateway's AUTO_PASSTHROUGH server
+
+
+def test_eastwest_gateway_passes_mesh_traffic_on_15443_to_every_vm(lab, traffic):
+    """A mesh client that is not a lab VM (the controller, with the gateway's own certificate from istiod's CA)
+    reaches every VM of ``web`` through the east-west gateway's GATEWAY:15443 (AUTO_PASSTHROUGH, Istio's
+    ``cross-network-gateway``): the SNI names the service and port, the gateway forwards the TLS untouched to a VM,
+    and it ends at that VM's sidecar (its SPIFFE certificate; mTLS, as STRICT PeerAuthentication requires), which
+    hands the request to the app."""
+    gateway = lab["gateway"]
+    before = gateway.cluster_stats(SNI).get("upstream_cx_total", 0)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False  # a workload certificate has a SPIFFE ID and no DNS name: checked below
+    ctx.load_verify_locations(cadata=lab["root"])
+    ctx.load_cert_chain(gateway.certs_dir / "cert-chain.pem", gateway.certs_dir / "key.pem")
+    ctx.set_alpn_protocols(["istio-http/1.1"])  # Istio's mTLS ALPN: the filter chains of both Envoys match it
+    reached, calls = set(), 3 * len(HOSTS)
+    for _ in range(calls):  # one connection per call: the gateway picks a VM per connection (round robin)
+        with ctx.wrap_socket(socket.create_connection((GATEWAY, 15443), timeout=5), server_hostname=SNI) as tls:
+            sans = dict(tls.getpeercert().get("subjectAltName") or ())
+            assert sans.get("URI") == SPIFFE, tls.getpeercert()  # the VM's sidecar, not the gateway, ends the TLS
+            conn = http.client.HTTPConnection(NAME, PORT, timeout=5)
+            conn.sock = tls
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            body = resp.read().decode(errors="replace")
+            assert resp.status == 200, (resp.status, body[:500])
+            reached.add(body.splitlines()[0].removeprefix("hello from ").strip())
+    assert reached == set(HOSTS), reached
+    after = gateway.cluster_stats(SNI).get("upstream_cx_total", 0)
+    assert after - before >= calls, (before, after)  # through the gateway's SNI-DNAT cluster of web:8080
+    _no_nack(lab["pilot"])  # the gateway's Envoy included
+
+
 # -- identity beyond the token (issue 14, item 5) -----------------------------------------------------------------
 
 SECRET_TTL = 40  # seconds: the agent renews at half of it (SECRET_GRACE_PERIOD_RATIO 0.5)
@@ -757,6 +821,137 @@ def test_certificates_renew_without_the_token_and_after_a_restart(lab, traffic):
     print(f"identity beyond the token checked in {time.monotonic() - t0:.0f} s")
 
 
+# -- upgrade of the sidecar package and rotate_certs.yml under mesh traffic (issue 14) ---------------------------
+
+UPGRADE_TO = "1.31.1"  # tools/pkg/istio-sidecar/build.sh with ISTIO_SIDECAR_PACKAGE_VERSION: same binaries, new version
+_LOAD_STOP = "/tmp/mesh-load.stop"
+# Mesh calls from the caller as fast as one at a time goes, each on a new connection (the name resolved by the
+# agent's DNS proxy every time), until the stop file appears (at most 300 s): "<epoch> <status> <first body line>".
+_LOAD = f"""
+import http.client, os, time
+t0 = time.time()
+while not os.path.exists({_LOAD_STOP!r}) and time.time() - t0 < 300:
+    at = time.time()
+    try:
+        conn = http.client.HTTPConnection({NAME!r}, {PORT}, timeout=5)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        line = "%d %s" % (resp.status, (resp.read().decode(errors="replace").splitlines() or [""])[0])
+        conn.close()
+    except Exception as exc:
+        line = "000 %s: %s" % (type(exc).__name__, exc)
+    print("%.3f %s" % (at, line), flush=True)
+    time.sleep(0.01)
+"""
+
+
+def _package_dir(version: str) -> Path:
+    build = subprocess.run([str(ROOT / "tools/pkg/istio-sidecar/build.sh"), "--print-dir"], capture_output=True,
+                           text=True, check=False, timeout=1200, env={**os.environ,
+                                                                     "ISTIO_SIDECAR_PACKAGE_VERSION": version})
+    assert build.returncode == 0, build.stderr
+    return Path(build.stdout.strip())
+
+
+def _stopped_started(hosts) -> dict[str, tuple[float, float]]:
+    """When istio.service last stopped and last started on each host (epoch seconds; the lab VMs share the
+    machine's clock), (0, start) when it never stopped."""
+    out = on_hosts("for p in InactiveEnterTimestamp ActiveEnterTimestamp; do "
+                   "t=$(systemctl show --timestamp=us istio -p $p --value); "
+                   "if [ -n \"$t\" ]; then date -d \"$t\" +%s.%N; else echo 0; fi; done", ",".join(hosts))
+    return {h: tuple(float(v) for v in out[h].split()) for h in out}
+
+
+def test_sidecar_upgrade_and_rotate_certs_under_mesh_traffic_fail_no_request(lab, traffic):
+    """The role's upgrade path on both package formats while VM A calls the mesh name without pause: istio-sidecar
+    1.31.0 -> 1.31.1 on the other VMs (a Debian VM and the EL 9 emulation, one ``sidecar.yml`` run), then
+    ``rotate_certs.yml`` on every VM. The 1.31.1 package carries the same pilot-agent and Envoy as 1.31.0 (build.sh
+    changes the package version only): what is proven is the role's path, not a change of Istio: the package is
+    replaced, istio.service restarts once (pilot-agent drains its Envoy), the certificates in /etc/certs are kept
+    and the VM rejoins the mesh; the caller sees no failed request."""
+    pilot = lab["pilot"]
+    root = pilot.root_cert(NS)
+    upgraded = sorted(OTHERS)  # fm-deb-2 (.deb) and fm-el-1 (.rpm)
+    pkg_dir = _package_dir(UPGRADE_TO)
+    sums = dict(reversed(line.split()) for line in (pkg_dir / "SHA256SUMS").read_text().splitlines())
+    server = http.server.ThreadingHTTPServer((GATEWAY, 0), functools.partial(_Quiet, directory=str(pkg_dir)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _wait_calls("200")
+    before = _stopped_started(HOSTS)
+    calls: dict[str, str] = {}
+    load = threading.Thread(target=lambda: calls.update(on_hosts(
+        f"rm -f {_LOAD_STOP}; echo {base64.b64encode(_LOAD.encode()).decode()} | base64 -d > /tmp/mesh-load.py; "
+        f"python3 /tmp/mesh-load.py; rm -f /tmp/mesh-load.py {_LOAD_STOP}", CALLER)), daemon=True)
+    t0 = time.time()
+    load.start()
+    runs = {}
+    # rotate_certs.yml on every VM meanwhile (it changes nothing the upgrade does: the collection's certificates in
+    # their own directory, and the collection's Envoy)
+    rotate = threading.Thread(target=lambda: runs.update(rotated=playbook(
+        "rotate_certs.yml", *extra(**lab["vars"], rotate_certs_hosts="web", workload_certs_lifetime="7d"))))
+    try:
+        rotate.start()
+        up = sidecar(lab, "--limit", ",".join(upgraded), istio_sidecar_version=UPGRADE_TO,
+                     istio_sidecar_package_base_url=f"http://{GATEWAY}:{server.server_address[1]}",
+                     istio_sidecar_package_sha256={"deb": sums["deb/istio-sidecar.deb"],
+                                                   "rpm": sums["rpm/istio-sidecar.rpm"]})
+        rotate.join(300)
+        rotated = runs["rotated"]
+        print(f"rotate_certs.yml in {rotated.seconds:.0f} s")
+        t_end = time.time()
+    finally:
+        on_hosts(f"touch {_LOAD_STOP}", CALLER)
+        load.join(60)
+        server.shutdown()
+    after = _stopped_started(HOSTS)
+    lines = [line.split(" ", 2) for line in calls.get(CALLER, "").splitlines() if line[:1].isdigit()]
+    assert len(lines) > 100, calls
+    failed = [line for line in lines if line[1] != "200"]
+    answered = {h: [float(at) for at, _code, body in lines if body.strip() == f"hello from {h}"] for h in upgraded}
+    print(f"mesh calls during the upgrade and rotate_certs.yml: {len(lines)} in "
+          f"{float(lines[-1][0]) - float(lines[0][0]):.0f} s, failed {len(failed)}: {failed[:20]}; "
+          f"istio.service stopped/started {after}")
+    assert up.rc == 0, up.out[-5000:]
+    changed = changed_tasks(up.out)
+    assert f"fleetmesh.envoy.istio_sidecar : Install the package file with apt: {upgraded[0]}" in changed, changed
+    assert f"fleetmesh.envoy.istio_sidecar : Install the package file with dnf: {upgraded[1]}" in changed, changed
+    assert sorted(t for t in changed if t.startswith("fleetmesh.envoy.istio_sidecar : Restart istio.service")) == [
+        f"fleetmesh.envoy.istio_sidecar : Restart istio.service: {h}" for h in upgraded], changed
+    assert up.out.count("istio.service is ready (:15021/healthz/ready returned 200)") == len(upgraded), up.out[-3000:]
+    assert rotated.rc == 0, rotated.out[-5000:]
+    for host in upgraded:  # restarted once by the upgrade: stopped, then started, both during the run
+        assert t0 < after[host][0] < after[host][1] < t_end, (host, before[host], after[host])
+    assert after[CALLER] == before[CALLER]  # rotate_certs.yml does not restart the sidecar
+    # The caller's view: no failed request, before, during and after both changes; the upgraded VMs answered
+    # before their restart and again after it.
+    assert not failed, failed[:20]
+    assert float(lines[0][0]) < min(after[h][0] for h in upgraded) and float(lines[-1][0]) > t_end - 5, (
+        lines[0], lines[-1], after, t_end)  # the calls span both runs
+    for host in upgraded:
+        stopped, started = after[host]
+        assert any(at < stopped for at in answered[host]), (host, stopped, answered[host][:5])
+        assert any(at > started for at in answered[host]), (host, started, answered[host][-5:])
+    # Upgraded on both package formats; the caller keeps 1.31.0.
+    versions = on_hosts("dpkg-query -W -f '${Version}' istio-sidecar 2>/dev/null || "
+                        "rpm -q --queryformat '%{VERSION}-%{RELEASE}' istio-sidecar")
+    assert versions[CALLER].startswith("1.31.0-"), versions
+    assert all(versions[h].startswith(f"{UPGRADE_TO}-") for h in upgraded), versions
+    # The certificates were kept: /etc/certs holds istiod's certificate (not the collection's copy), held by Envoy.
+    # rotate_certs.yml wrote the collection's new certificate beside it, in the directory the sidecar copies from.
+    found = on_hosts(f"{_CERT_NOW}; echo src $(base64 -w0 {CERTS_SRC}/cert-chain.pem); "
+                     "stat -c 'owner %U' /etc/certs/cert-chain.pem")
+    for host in HOSTS:
+        leaf = _held(found[host], host, root)
+        source = dict(line.split(" ", 1) for line in found[host].splitlines() if line.startswith(("src ", "owner ")))
+        collection = _leaf(source["src"])
+        assert collection.not_valid_after_utc - collection.not_valid_before_utc <= datetime.timedelta(days=7, hours=1)
+        assert leaf.serial_number != collection.serial_number, host
+        assert source["owner"] == "istio-proxy", (host, source["owner"])
+    kubeapi._wait("every VM's proxy synced with istiod after the upgrade", lambda: _synced(pilot), 30)
+    _no_nack(pilot)
+    print(f"upgrade and rotate_certs.yml under traffic checked in {time.time() - t0:.0f} s")
+
+
 # -- 5. offboarded ---------------------------------------------------------------------------------------------------
 
 
@@ -781,16 +976,18 @@ def test_offboard_removes_the_workload_entries_istiod_forgets_the_vms_and_no_tra
         listed = {p.get("proxy") for p in json.loads(body or "[]")} if status == 200 else PROXY_IDS
         endpoints = pilot.debug("/debug/endpointz")[1]
         return (not listed & PROXY_IDS and not PROXY_IDS & set(_connections(pilot))
-                and not any(LAB_HOSTS[h] in endpoints for h in HOSTS))
+                and not any(LAB_HOSTS[h] in endpoints for h in HOSTS)
+                and not set(LAB_HOSTS.values()) & set(lab["gateway"].peers(15012)))  # nor does the gateway
 
     t0 = time.monotonic()
     try:
-        kubeapi._wait("istiod lists none of the VMs (/debug/syncz, /debug/connections, /debug/endpointz)",
-                      forgotten, 30)
+        kubeapi._wait("istiod lists none of the VMs (/debug/syncz, /debug/connections, /debug/endpointz) and "
+                      "the east-west gateway holds no connection from them", forgotten, 30)
         print(f"istiod forgot the VMs {time.monotonic() - t0:.1f} s after the offboarding")
     except Exception as exc:
         raise AssertionError(f"{exc}; /debug/syncz: {pilot.debug('/debug/syncz')[1][:2000]}; /debug/connections: "
-                             f"{pilot.debug('/debug/connections')[1][:2000]}") from exc
+                             f"{pilot.debug('/debug/connections')[1][:2000]}; east-west gateway peers on 15012: "
+                             f"{lab['gateway'].peers(15012)}") from exc
 
     assert on_hosts(TRACES) == lab["before"]
     assert on_hosts(CERTS) == {host: "" for host in HOSTS}
