@@ -952,24 +952,135 @@ def test_sidecar_upgrade_and_rotate_certs_under_mesh_traffic_fail_no_request(lab
     print(f"upgrade and rotate_certs.yml under traffic checked in {time.time() - t0:.0f} s")
 
 
+# -- WorkloadGroup auto-registration by istiod, with its health checks (issue 14, item 7) ---------------------------
+
+AUTO_GROUP = "istio.io/autoRegistrationGroup"       # istiod's annotation on the entries it creates from a group
+HEALTH_CHECKED = "proxy.istio.io/health-checks-enabled"  # ... when the agent's proxy config has a readinessProbe
+READY_FILE = "/srv/lab-app/ready"  # the lab app (python3 -m http.server) answers /ready 200 while it is there, else 404
+AUTO_PROBE = {"httpGet": {"path": "/ready", "port": PORT, "host": "127.0.0.1"},  # the app listens on loopback
+              "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 1, "successThreshold": 1}
+UNREADY = "fm-el-1"  # the EL 9 emulation's app fails its readiness probe for a while
+
+
+def _auto_entries(api) -> dict[str, dict]:
+    """address -> the WorkloadEntry istiod auto-registered for it."""
+    status, body = api.request("GET", f"/apis/networking.istio.io/v1/namespaces/{NS}/workloadentries")
+    assert status == 200, body
+    return {item["spec"].get("address"): item for item in body["items"]
+            if (item["metadata"].get("annotations") or {}).get(AUTO_GROUP)}
+
+
+def _health(entry: dict) -> str | None:
+    """The status ("True"/"False") of the Healthy condition istiod keeps on an entry, None before the first report."""
+    for condition in (entry.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Healthy":
+            return condition.get("status")
+    return None
+
+
+def test_workload_group_auto_registration_and_health_checks(lab, traffic):
+    """The VMs switch to auto-registration on the running lab, in one ansible-playbook run of ``register.yml`` and
+    ``sidecar.yml`` (``--skip-tags istio_sidecar_install``: the package stays as the upgrade left it) with
+    mesh_registration_workload_group, the WorkloadGroup's probe, istio_sidecar_auto_register and the same probe as
+    the VMs' readinessProbe. The registration writes the WorkloadGroup and removes its own WorkloadEntries; istiod
+    creates one per VM (Debian and the EL 9 emulation) from the group when its sidecar reconnects, health-checked,
+    and marks each healthy from its agent's probe (httpGet 127.0.0.1:8080/ready). When the EL VM's app fails the
+    probe, istiod sets that entry's Healthy condition False and VM A's calls by name keep succeeding, served by the
+    healthy VMs only; when the app answers again the entry is healthy and gets calls again. The VMs stay
+    auto-registered: offboarding removes the group, and istiod the entries once the agents have gone."""
+    api = lab["api"]
+    assert UNREADY in OTHERS
+    t0 = time.monotonic()
+    on_hosts(f"echo ready > {READY_FILE} && chmod 0644 {READY_FILE}")
+    switch = {"mesh_registration_workload_group": True, "mesh_registration_workload_group_probe": AUTO_PROBE,
+              "istio_sidecar_auto_register": True, "istio_sidecar_readiness_probe": AUTO_PROBE}
+    run = playbook("register.yml", "playbooks/sidecar.yml", "-e", "target=web", "--skip-tags", "istio_sidecar_install",
+                   *extra(**{**lab["vars"], **switch}))
+    assert run.rc == 0, run.out[-3000:]
+    lab["state"]["auto_registered"] = True
+    print(f"register.yml + sidecar.yml (auto-registration) in {run.seconds:.0f} s")
+    assert not workload_entries(api) & WORKLOAD_ENTRIES  # the registration's own entries are gone
+    status, group = api.request("GET", f"/apis/networking.istio.io/v1/namespaces/{NS}/workloadgroups/{SA}")
+    assert status == 200, group
+    assert group["spec"]["probe"] == AUTO_PROBE and group["spec"]["template"]["serviceAccount"] == SA
+    assert on_hosts("grep -c '^ISTIO_META_AUTO_REGISTER_GROUP=.*web' /var/lib/istio/envoy/cluster.env") == {
+        host: "1" for host in HOSTS}
+
+    host_of = {LAB_HOSTS[host]: host for host in HOSTS}
+    try:
+        kubeapi._wait("istiod auto-registers every VM and marks it healthy", lambda: (
+            set(entries := _auto_entries(api)) == set(host_of)
+            and all(_health(e) == "True" for e in entries.values())), 60)
+    except Exception as exc:
+        raise AssertionError(f"{exc}; {json.dumps(_auto_entries(api), indent=1)[:3000]}") from exc
+    for address, entry in _auto_entries(api).items():
+        meta = entry["metadata"]
+        assert meta["name"] == f"{SA}-{address}", (host_of[address], meta["name"])  # <group>-<address>, istiod's
+        assert meta["annotations"][AUTO_GROUP] == SA and meta["annotations"].get(HEALTH_CHECKED) == "true", meta
+        assert meta["ownerReferences"][0]["kind"] == "WorkloadGroup", meta
+        assert entry["spec"]["serviceAccount"] == SA and entry["spec"]["labels"]["app"] == "web", entry["spec"]
+
+    calls: list[tuple[str, str]] = []
+
+    def served_by(wanted: set[str], timeout: float = 45.0) -> None:
+        """Call until one round of 12 calls is served by exactly ``wanted`` (each call answers with its VM's name)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            batch = _calls(12)
+            calls.extend(batch)
+            if {body.removeprefix("hello from ").strip() for _code, body in batch} == wanted:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{CALLER} -> {URL}: not served by {sorted(wanted)} within {timeout} s; "
+                                     f"last: {batch}")
+            time.sleep(0.5)
+
+    served_by(set(HOSTS))
+    on_hosts(f"mv {READY_FILE} {READY_FILE}.off", UNREADY)
+    try:
+        t1 = time.monotonic()
+        kubeapi._wait(f"istiod marks {UNREADY} unhealthy", lambda: _health(
+            _auto_entries(api)[LAB_HOSTS[UNREADY]]) == "False", 30)
+        print(f"{UNREADY} unhealthy {time.monotonic() - t1:.1f} s after its app failed the probe")
+        assert {_health(e) for a, e in _auto_entries(api).items() if host_of[a] != UNREADY} == {"True"}
+        served_by(set(HOSTS) - {UNREADY})
+        rounds = _calls(12)  # and it stays out
+        calls.extend(rounds)
+        assert all(not body.endswith(UNREADY) for _code, body in rounds), rounds
+    finally:
+        on_hosts(f"mv {READY_FILE}.off {READY_FILE}", UNREADY)
+    kubeapi._wait(f"istiod marks {UNREADY} healthy again", lambda: _health(
+        _auto_entries(api)[LAB_HOSTS[UNREADY]]) == "True", 30)
+    served_by(set(HOSTS))
+    assert all(code == "200" for code, _body in calls), [c for c in calls if c[0] != "200"]
+    _no_nack(lab["pilot"])
+    print(f"auto-registration and health checks checked in {time.monotonic() - t0:.0f} s ({len(calls)} calls)")
+
+
 # -- 5. offboarded ---------------------------------------------------------------------------------------------------
 
 
 def test_offboard_removes_the_workload_entries_istiod_forgets_the_vms_and_no_trace_is_left(lab, onboarded):
     api, pilot = lab["api"], lab["pilot"]
-    assert workload_entries(api) == WORKLOAD_ENTRIES
+    # The registration's entries, or istiod's after test_workload_group_auto_registration_and_health_checks.
+    entries = ({f"{SA}-{LAB_HOSTS[host]}" for host in HOSTS} if lab["state"].get("auto_registered")
+               else WORKLOAD_ENTRIES)
+    assert workload_entries(api) == entries
 
     checked = offboard(lab, "--check", "--diff")
     assert checked.rc == 0, checked.out[-3000:]
     # What the registration would delete (counts of "absent run of registration set all: {...}").
     assert re.search(r'deleted\W{1,4}[1-9]', checked.out), checked.out[-3000:]
-    assert workload_entries(api) == WORKLOAD_ENTRIES  # check mode: a dry run in the cluster
+    assert workload_entries(api) == entries  # check mode: a dry run in the cluster
     assert on_hosts("systemctl is-active istio") == {host: "active" for host in HOSTS}
 
     run = offboard(lab)
     assert run.rc == 0, run.out[-3000:]
     lab["state"]["offboarded"] = True
-    assert workload_entries(api) == set()
+    # The registration deletes its own entries; istiod deletes those it auto-registered once their agents have been
+    # gone for its grace period (PILOT_WORKLOAD_ENTRY_GRACE_PERIOD, 10 s).
+    kubeapi._wait("no WorkloadEntry left", lambda: workload_entries(api) == set(), 30)
+    on_hosts(f"rm -f {READY_FILE}")
 
     def forgotten():
         status, body = pilot.debug("/debug/syncz")

@@ -13,7 +13,9 @@
 #   $FLEETMESH_CACHE/istio-sidecar/<version>/rpm/istio-sidecar.rpm   + repodata/: a yum repository
 #   $FLEETMESH_CACHE/istio-sidecar/<version>/SHA256SUMS, BUILDINFO
 #
-# Environment: ISTIO_SIDECAR_PILOT_AGENT=auto|real|standin (default auto: the real pilot-agent, built
+# Environment: ISTIO_SIDECAR_PACKAGE_VERSION=X.Y.Z (default 1.31.0): the package version only, for upgrade tests
+# (the same pilot-agent and envoy inside, see README.md: "a second package version"), in its own output
+# directory; ISTIO_SIDECAR_PILOT_AGENT=auto|real|standin (default auto: the real pilot-agent, built
 # from the istio.io/istio Go module when not cached, with a time limit of ISTIO_SIDECAR_PILOT_AGENT_TIMEOUT
 # seconds (default 720); on failure the stand-in, loudly), FLEETMESH_CACHE (default /var/cache/fleetmesh).
 set -euo pipefail
@@ -25,7 +27,7 @@ cache="${FLEETMESH_CACHE:-/var/cache/fleetmesh}"
 # module pseudo-version (= commit). That commit is master of 2026-08-27, whose VERSION file says 1.31:
 # the package is 1.31.0 with a pre-release package release "0.dev.<commit>".
 export ISTIO_GO_MODULE_VERSION="v0.0.0-20260827124520-eed52ebb66ad"
-VERSION="1.31.0"
+VERSION="${ISTIO_SIDECAR_PACKAGE_VERSION:-1.31.0}"
 RELEASE="0.dev.${ISTIO_GO_MODULE_VERSION##*-}"
 ENVOY_VERSION="1.40.0"
 NAME="istio-sidecar"
@@ -41,13 +43,15 @@ for arg in "$@"; do
     *) echo "build.sh: unknown argument $arg (allowed: --force, --print-dir)" >&2; exit 2 ;;
   esac
 done
+[[ "$VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] \
+  || { echo "build.sh: ISTIO_SIDECAR_PACKAGE_VERSION=$VERSION; allowed: X.Y.Z (digits), e.g. 1.31.1" >&2; exit 2; }
 case "$mode" in auto|real|standin) ;; *) echo "build.sh: ISTIO_SIDECAR_PILOT_AGENT=$mode; allowed: auto, real, standin" >&2; exit 2 ;; esac
 for tool in go dpkg-deb dpkg-scanpackages rpmbuild createrepo_c python3; do
   command -v "$tool" >/dev/null || { echo "build.sh: '$tool' is missing; run 'make setup'" >&2; exit 3; }
 done
 say() { if [ "$print_dir" = 1 ]; then echo "build.sh: $*" >&2; else echo "build.sh: $*"; fi; }
 
-stamp="$( { cat "$here/build.sh" "$here/build-pilot-agent.sh" "$here/pilot-agent-standin.py"; echo "$mode"; } | sha256sum | cut -c1-16)"
+stamp="$( { cat "$here/build.sh" "$here/build-pilot-agent.sh" "$here/pilot-agent-standin.py"; echo "$mode $VERSION"; } | sha256sum | cut -c1-16)"
 if [ "$force" = 0 ] && [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ]; then
   if [ "$print_dir" = 1 ]; then echo "$out"; else say "cached: $out ($(head -n1 "$out/BUILDINFO"))"; fi
   exit 0
