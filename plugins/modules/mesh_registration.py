@@ -90,6 +90,16 @@ options:
             from them without health checks.
         type: bool
         default: true
+      auto_register:
+        description:
+          - Whether istiod registers the VM (C(istio_sidecar_auto_register)). Its sidecar connects with
+            C(ISTIO_META_AUTO_REGISTER_GROUP) and istiod creates its WorkloadEntry (C(<service>-<address>)) from the
+            service's WorkloadGroup, and deletes it a grace period (C(PILOT_WORKLOAD_ENTRY_GRACE_PERIOD), 10 s)
+            after the VM disconnects.
+          - V(true) writes no WorkloadEntry for the VM (and removes the one this module wrote before); the VM stays
+            in the service's Service and WorkloadGroup. Needs O(workload_group) and the V(workloadentry) shape.
+        type: bool
+        default: false
       endpoint_ports:
         description:
           - Port name to the port that answers on the VM for it (C(mesh_registration_endpoint_ports)), that is the
@@ -178,9 +188,23 @@ options:
     default: [workloadentry]
   workload_group:
     description:
-      - With the V(workloadentry) shape, also build an Istio WorkloadGroup per service.
+      - With the V(workloadentry) shape, also build an Istio WorkloadGroup per service (named after the service,
+        template C(app) label and service account of its VMs), from which istiod auto-registers the VMs whose
+        sidecar connects with C(ISTIO_META_AUTO_REGISTER_GROUP) (O(endpoints[].auto_register)).
     type: bool
     default: false
+  workload_group_probe:
+    description:
+      - The WorkloadGroup's C(probe), Istio's ReadinessProbe (C(mesh_registration_workload_group_probe)), with
+        exactly one of C(httpGet), C(tcpSocket), C(exec), C(grpc), and optionally C(initialDelaySeconds),
+        C(timeoutSeconds), C(periodSeconds), C(successThreshold), C(failureThreshold).
+      - It is what C(istioctl x workload entry configure) copies into a VM's mesh config as C(readinessProbe); the
+        VM's pilot-agent runs the probe of its own mesh config (the C(fleetmesh.envoy.istio_sidecar) role writes
+        C(istio_sidecar_readiness_probe) there), so give both the same value. istiod sets the C(Healthy)
+        condition of each WorkloadEntry it auto-registered from what the agent reports, and sends no traffic to
+        an entry that is not healthy.
+      - Needs O(workload_group) and the V(workloadentry) shape.
+    type: dict
   max_endpoints_per_slice:
     description:
       - Largest number of endpoints in one EndpointSlice (1-1000). Kubernetes' own controller uses 100.
@@ -422,6 +446,7 @@ def argument_spec():
             network=dict(type='str'),
             service_account=dict(type='str'),
             healthy=dict(type='bool', default=True),
+            auto_register=dict(type='bool', default=False),
             endpoint_ports=dict(type='dict'),
             host_info=dict(type='dict', options=dict(
                 ansible_host=dict(type='str'),
@@ -436,6 +461,7 @@ def argument_spec():
         registration=dict(type='str', default='default'),
         shapes=dict(type='list', elements='str', default=['workloadentry'], choices=list(reg.SHAPES)),
         workload_group=dict(type='bool', default=False),
+        workload_group_probe=dict(type='dict'),
         max_endpoints_per_slice=dict(type='int', default=100),
         legacy_endpoints=dict(type='bool', default=False),
         # Checked by registration.normalize (every level, unknown keys named with mesh_registration_httpproxies).

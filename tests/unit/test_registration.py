@@ -161,6 +161,71 @@ def test_workloadentry_shape():
                                       "network": "net", "serviceAccount": "reviews"}
 
 
+PROBE = {"httpGet": {"path": "/ready", "port": 9080, "host": "127.0.0.1"}, "periodSeconds": 2,
+         "failureThreshold": 1}
+
+
+def test_auto_registered_hosts_get_no_workload_entry_and_the_group_carries_the_probe():
+    """istiod writes the WorkloadEntry of a VM whose sidecar auto-registers; the VM stays in the Service's hosts."""
+    config = cfg([ep("vm-1", "192.0.2.1", service_account="reviews", auto_register=True),
+                  ep("vm-2", "192.0.2.2", service_account="reviews")],
+                 workload_group=True, workload_group_probe=PROBE)
+    objs = by_key(reg.build_full(config, API))
+    assert set(objs) == {("Service", "bookinfo", "reviews"), ("WorkloadGroup", "bookinfo", "reviews"),
+                         ("WorkloadEntry", "bookinfo", "reviews-vm-2")}
+    assert objs[("WorkloadGroup", "bookinfo", "reviews")]["spec"]["probe"] == PROBE
+    group_hosts = "fleetmesh.envoy/hosts"  # the hosts istiod registers from the group, for partial runs
+    assert json.loads(objs[("WorkloadGroup", "bookinfo", "reviews")]["metadata"]["annotations"][group_hosts]) == {
+        "vm-1": "192.0.2.1"}
+    # A partial run that switches vm-2 over removes the WorkloadEntry this module wrote for it, keeps vm-1.
+    live = _live(reg.build_full(config, API))
+    switched = cfg([ep("vm-2", "192.0.2.2", service_account="reviews", auto_register=True)], workload_group=True,
+                   workload_group_probe=PROBE, prune=False)
+    plan = reg.plan(switched, API, live)
+    assert [reg.obj_key(o) for o in plan.delete] == [("WorkloadEntry", "bookinfo", "reviews-vm-2")]
+    group = by_key(plan.desired)[("WorkloadGroup", "bookinfo", "reviews")]
+    assert json.loads(group["metadata"]["annotations"][group_hosts]) == {"vm-1": "192.0.2.1", "vm-2": "192.0.2.2"}
+    # Removing vm-2 keeps the service (vm-1 is still registered, by istiod) and takes vm-2 off the group.
+    def after(live, plan):
+        gone = {reg.obj_key(o) for o in plan.delete} | {reg.obj_key(o) for o in plan.desired}
+        return _live([o for o in live if reg.obj_key(o) not in gone] + list(plan.desired))
+
+    live = after(live, plan)
+    plan = reg.plan(cfg([{"host": "vm-2"}], state="absent"), API, live)
+    assert plan.delete == []
+    group = by_key(plan.desired)[("WorkloadGroup", "bookinfo", "reviews")]
+    assert json.loads(group["metadata"]["annotations"][group_hosts]) == {"vm-1": "192.0.2.1"}
+    assert group["spec"]["probe"] == PROBE
+    # The last one: the service goes with its group.
+    plan = reg.plan(cfg([{"host": "vm-1"}], state="absent"), API, after(live, plan))
+    assert sorted(reg.obj_key(o) for o in plan.delete) == [("Service", "bookinfo", "reviews"),
+                                                           ("WorkloadGroup", "bookinfo", "reviews")]
+    # No probe: none in the group.
+    plain = by_key(reg.build_full(cfg([ep("vm-1", "192.0.2.1", auto_register=True)], workload_group=True), API))
+    assert "probe" not in plain[("WorkloadGroup", "bookinfo", "reviews")]["spec"]
+
+
+def test_auto_register_and_probe_need_a_workload_group_and_a_valid_probe():
+    errors = errors_of([ep("vm-1", "192.0.2.1", auto_register=True)], workload_group_probe=PROBE)
+    assert any(e.startswith("endpoints[0].auto_register (istio_sidecar_auto_register of host vm-1): true, but no "
+                            "WorkloadGroup") and "allowed: workload_group true (mesh_registration_workload_group)" in e
+               for e in errors), errors
+    assert any(e.startswith("workload_group_probe (mesh_registration_workload_group_probe): given but no "
+                            "WorkloadGroup") for e in errors), errors
+    errors = errors_of([ep("vm-1", "192.0.2.1", auto_register="yes")], workload_group=True,
+                       workload_group_probe={"httpGet": {"port": 70000}, "tcpSocket": {"port": 1},
+                                             "periodSeconds": 0, "bogus": 1})
+    text = "; ".join(errors)
+    for part in ('endpoints[0].auto_register (istio_sidecar_auto_register of host vm-1): "yes" is not a boolean',
+                 "workload_group_probe (mesh_registration_workload_group_probe).bogus: 1 is not a known field",
+                 "has 2 handlers (httpGet, tcpSocket)",
+                 "workload_group_probe (mesh_registration_workload_group_probe).periodSeconds: 0 is not allowed; "
+                 "allowed: integer 1-2147483647",
+                 "workload_group_probe (mesh_registration_workload_group_probe).httpGet.port: 70000 is not a valid "
+                 "port"):
+        assert part in text, text
+
+
 def test_serviceentry_shape_matches_the_seed():
     config = cfg([ep("vm-1", "192.168.99.129", service="vmhttp", namespace="default", ports={"http": 8080},
                      labels={"app": "vmhttp", "version": "v1"})], shapes=["serviceentry"])

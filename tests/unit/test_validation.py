@@ -221,3 +221,31 @@ def test_validate_model_spiffe_id_must_be_in_the_trust_domain():
     model = dict(GOOD_MODEL, workload_certs_spiffe_id='spiffe://elsewhere/ns/bookinfo/sa/reviews')
     (message,) = v.validate_model(model, ['workload_certs'])
     assert 'is not in trust domain "cluster.local"' in message
+
+
+def test_readiness_probe_one_handler_known_keys_ports_and_timings():
+    good = [{"httpGet": {"path": "/ready", "port": 8080, "host": "127.0.0.1", "scheme": "HTTP"}, "periodSeconds": 1},
+            {"tcpSocket": {"port": "8080"}}, {"exec": {"command": ["/bin/true"]}},
+            {"grpc": {"port": 9090, "service": "x"}, "failureThreshold": 3, "initialDelaySeconds": 0}]
+    for probe in good:
+        assert v.check_readiness_probe("p", probe) == [], probe
+    assert v.check_readiness_probe("p", {}, allow_empty=True) == []
+    assert v.check_readiness_probe("p", {})[0].startswith("p: {} is not a probe mapping; allowed: a mapping with "
+                                                          "exactly one of httpGet")
+    assert v.check_readiness_probe("p", {"exec": {"command": []}}) == [
+        "p.exec.command: [] is not a command; allowed: a non-empty list of non-empty strings"]
+    errors = v.check_readiness_probe("p", {"httpGet": {"port": 0, "path": "ready", "scheme": "FTP", "host": "a b",
+                                                       "verb": "GET"}, "periodSeconds": True})
+    assert errors == [
+        "p.periodSeconds: true is not allowed; allowed: integer 1-2147483647",
+        'p.httpGet.verb: "GET" is not a known field; allowed: one of path, port, host, scheme, httpHeaders',
+        "p.httpGet.port: 0 is not a valid port; allowed: integer 1-65535",
+        'p.httpGet.host: "a b" is not an address or a host name; allowed: an IP address (such as 127.0.0.1 for an '
+        'app on loopback) or a DNS name',
+        "p.httpGet.path: \"ready\" is not a path; allowed: a string starting with '/'",
+        'p.httpGet.scheme: "FTP" is not allowed; allowed: HTTP or HTTPS',
+    ]
+    errors = v.validate_model({"istio_sidecar_readiness_probe": {"tcpSocket": {"port": 8080}, "exec": {}}},
+                              ["istio_sidecar"])
+    assert any(e.startswith("istio_sidecar_readiness_probe: ") and "has 2 handlers (tcpSocket, exec)" in e
+               for e in errors), errors

@@ -100,6 +100,7 @@ MODEL_VARS = {
     'service_account': 'fleetmesh_service_account',
     'healthy': 'mesh_registration_healthy',
     'endpoint_ports': 'mesh_registration_endpoint_ports',
+    'auto_register': 'istio_sidecar_auto_register',
     'host_info': 'ansible_host, ansible_port, ansible_user and envoy_version',
 }
 # The keys of an endpoint's host_info: connection details and the Envoy version, never secrets.
@@ -142,10 +143,12 @@ ISTIO_PROTOCOLS = {
 
 Endpoint = namedtuple('Endpoint', ['host', 'address', 'family', 'service', 'namespace', 'ports', 'labels',
                                    'weight', 'locality', 'network', 'service_account', 'healthy', 'host_info',
-                                   'endpoint_ports'])
-Endpoint.__new__.__defaults__ = (None,)
+                                   'endpoint_ports', 'auto_register'])
+Endpoint.__new__.__defaults__ = (None, False)
 Config = namedtuple('Config', ['endpoints', 'state', 'prune', 'registration', 'shapes', 'workload_group',
-                               'max_endpoints_per_slice', 'legacy_endpoints', 'httpproxies', 'cluster_domain'])
+                               'max_endpoints_per_slice', 'legacy_endpoints', 'httpproxies', 'cluster_domain',
+                               'workload_group_probe'])
+Config.__new__.__defaults__ = (None,)
 Plan = namedtuple('Plan', ['desired', 'delete', 'prune_all', 'mode', 'notes', 'errors'])
 Plan.__new__.__defaults__ = ((), ())
 
@@ -253,6 +256,10 @@ def _normalize_endpoint(index: int, raw: Any, state: str, service_shapes: bool, 
     if healthy is None:
         healthy = True
     errors.extend(v.check_bool(_ep_var(index, host, 'healthy'), healthy))
+    auto_register = raw.get('auto_register', False)
+    if auto_register is None:
+        auto_register = False
+    errors.extend(v.check_bool(_ep_var(index, host, 'auto_register'), auto_register))
     host_info = _normalize_host_info(index, host, raw.get('host_info'), errors)
     endpoint_ports = _normalize_endpoint_ports(index, host, raw.get('endpoint_ports'), ports, errors)
     if len(errors) > start:
@@ -267,7 +274,7 @@ def _normalize_endpoint(index: int, raw: Any, state: str, service_shapes: bool, 
                     labels=OrderedDict(sorted((str(k), str(val)) for k, val in (labels or {}).items())),
                     weight=_as_int(weight) if weight is not None else None, locality=locality,
                     network=network, service_account=service_account, healthy=healthy, host_info=host_info,
-                    endpoint_ports=target_map)
+                    endpoint_ports=target_map, auto_register=auto_register is True)
 
 
 def _normalize_endpoint_ports(index: int, host: Any, raw: Any, ports: Any, errors: List[str]) -> Optional[Dict[str, int]]:
@@ -677,7 +684,22 @@ def normalize(params: Mapping) -> Tuple[Optional[Config], List[str]]:
         hosts[ep.host] = index
         endpoints.append(ep)
     workload_group = bool(params.get('workload_group'))
+    probe = params.get('workload_group_probe')
+    if probe not in (None, {}):
+        errors.extend(v.check_readiness_probe('workload_group_probe (mesh_registration_workload_group_probe)', probe))
+        if not (workload_group and 'workloadentry' in shapes):
+            errors.append("workload_group_probe (mesh_registration_workload_group_probe): given but no WorkloadGroup "
+                          "is built (workload_group %s, shapes %s); allowed: workload_group true "
+                          "(mesh_registration_workload_group) with the 'workloadentry' shape, or no probe"
+                          % (v.show(workload_group), v.show(shapes)))
     if state == 'present':
+        for ep in endpoints:
+            if ep.auto_register and not (workload_group and 'workloadentry' in shapes):
+                errors.append("endpoints[%d].auto_register (istio_sidecar_auto_register of host %s): true, but no "
+                              "WorkloadGroup is built for istiod to register the VM from (workload_group %s, shapes "
+                              "%s); allowed: workload_group true (mesh_registration_workload_group) with the "
+                              "'workloadentry' shape, or auto_register false"
+                              % (hosts[ep.host], ep.host, v.show(workload_group), v.show(shapes)))
         _check_services(endpoints, shapes, workload_group, max_per_slice, errors)
     service_ports = OrderedDict(((ep.namespace, ep.service), ep.ports) for ep in endpoints)
     health_check = check_health_check('httpproxy_health_check (%s)' % HEALTH_CHECK_VAR,
@@ -695,7 +717,7 @@ def normalize(params: Mapping) -> Tuple[Optional[Config], List[str]]:
     return Config(endpoints=endpoints, state=state, prune=bool(params.get('prune', True)), registration=registration,
                   shapes=shapes, workload_group=workload_group, max_endpoints_per_slice=max_per_slice,
                   legacy_endpoints=bool(params.get('legacy_endpoints')), httpproxies=httpproxies,
-                  cluster_domain=cluster_domain), []
+                  cluster_domain=cluster_domain, workload_group_probe=probe or None), []
 
 
 # --------------------------------------------------------------------------------------------
@@ -791,7 +813,10 @@ def render_workload_entry(cfg: Config, api: Mapping, ep: Endpoint) -> Dict[str, 
     return _obj(api, 'WorkloadEntry', meta, spec=_workload_spec(ep))
 
 
-def render_workload_group(cfg: Config, api: Mapping, eps: List[Endpoint]) -> Dict[str, Any]:
+def render_workload_group(cfg: Config, api: Mapping, eps: List[Endpoint],
+                          kept_hosts: Optional[Mapping] = None) -> Dict[str, Any]:
+    """The service's WorkloadGroup. Its fleetmesh.envoy/hosts annotation records the hosts istiod registers from it
+    (auto_register: no WorkloadEntry of this module records them), so that a partial run counts them."""
     first = eps[0]
     template = _workload_spec(first, with_address=False)
     # Per-host details (locality, weight) stay on the WorkloadEntries; the template keeps what is shared.
@@ -800,7 +825,15 @@ def render_workload_group(cfg: Config, api: Mapping, eps: List[Endpoint]) -> Dic
     template['labels'] = OrderedDict([('app', effective_labels(first)['app'])])
     spec = OrderedDict([('metadata', OrderedDict([('labels', OrderedDict(template['labels']))])),
                         ('template', template)])
-    return _obj(api, 'WorkloadGroup', _meta(cfg, first.service, first.namespace, first.service), spec=spec)
+    if cfg.workload_group_probe:
+        # What `istioctl x workload entry configure` copies into the VM's mesh config as readinessProbe; the VM's
+        # pilot-agent runs it and istiod sets the Healthy condition of the WorkloadEntries it auto-registers.
+        spec['probe'] = json.loads(json.dumps(cfg.workload_group_probe))
+    auto = OrderedDict(kept_hosts or {})
+    auto.update((ep.host, ep.address) for ep in eps if ep.auto_register)
+    annotations = OrderedDict([(HOSTS_ANNOTATION, _hosts_json(auto))]) if auto else None
+    return _obj(api, 'WorkloadGroup', _meta(cfg, first.service, first.namespace, first.service,
+                                            annotations=annotations), spec=spec)
 
 
 def app_protocol(name: str) -> Optional[str]:
@@ -1020,7 +1053,8 @@ def _render_service_objects(cfg: Config, api: Mapping, eps: List[Endpoint]) -> L
         objs.append(render_service(cfg, api, eps, selector=True))
         if cfg.workload_group:
             objs.append(render_workload_group(cfg, api, eps))
-        objs.extend(render_workload_entry(cfg, api, ep) for ep in healthy)
+        # A VM that istiod auto-registers from the WorkloadGroup gets its WorkloadEntry from istiod, not from here.
+        objs.extend(render_workload_entry(cfg, api, ep) for ep in healthy if not ep.auto_register)
     if 'serviceentry' in cfg.shapes:
         objs.append(render_service_entry(cfg, api, first.namespace, first.service, se_base(cfg, first),
                                          [se_entry(ep) for ep in healthy],
@@ -1100,6 +1134,18 @@ def build_partial(cfg: Config, api: Mapping, live: Iterable[Mapping]) -> Tuple[L
             delete.extend(objs)
             continue
         rendered = _render_service_objects(cfg, api, eps) if eps else []
+        # The WorkloadGroup keeps the auto-registered hosts that this run does not touch.
+        live_groups = by_kind.get('WorkloadGroup', [])
+        kept_auto = OrderedDict((h, a) for g in live_groups for h, a in hosts_of(g).items() if h not in touched)
+        if any(o['kind'] == 'WorkloadGroup' for o in rendered):
+            rendered = [render_workload_group(cfg, api, eps, kept_auto) if o['kind'] == 'WorkloadGroup' else o
+                        for o in rendered]
+        elif live_groups and touched.intersection(hosts_of(live_groups[0])):
+            group = live_groups[0]
+            rendered.append(_obj(api, 'WorkloadGroup', _meta(
+                cfg, group['metadata']['name'], namespace, service,
+                annotations=OrderedDict([(HOSTS_ANNOTATION, _hosts_json(kept_auto))]) if kept_auto else None),
+                spec=group.get('spec') or {}))
         rendered_keys = set(obj_key(o) for o in rendered)
         # Aggregates are rebuilt from the kept entries of other hosts plus the given hosts' entries.
         rendered = [o for o in rendered if o['kind'] not in ('ServiceEntry', 'EndpointSlice', 'Endpoints')]

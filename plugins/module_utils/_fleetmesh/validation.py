@@ -613,6 +613,70 @@ def check_locality(var: str, value: Any) -> List[str]:
 Rule = namedtuple('Rule', ['var', 'check', 'required', 'allowed'])
 
 
+# Istio's ReadinessProbe (WorkloadGroup spec.probe; readinessProbe of a proxy's mesh config), as Istio's API has it.
+PROBE_HANDLERS = ('httpGet', 'tcpSocket', 'exec', 'grpc')
+PROBE_NUMBERS = ('initialDelaySeconds', 'timeoutSeconds', 'periodSeconds', 'successThreshold', 'failureThreshold')
+_PROBE_HANDLER_KEYS = {
+    'httpGet': ('path', 'port', 'host', 'scheme', 'httpHeaders'),
+    'tcpSocket': ('host', 'port'),
+    'exec': ('command',),
+    'grpc': ('port', 'service'),
+}
+ALLOWED_PROBE = ('a mapping with exactly one of httpGet {port, path, host, scheme, httpHeaders}, tcpSocket {port, host}, '
+                 'exec {command}, grpc {port, service}, and optionally %s (integers 0-2147483647; thresholds '
+                 'and periodSeconds at least 1), as Istio\'s ReadinessProbe' % ', '.join(PROBE_NUMBERS))
+
+
+def check_readiness_probe(var: str, value: Any, allow_empty: bool = False) -> List[str]:
+    """An Istio ReadinessProbe: one handler (its port a valid port), known keys only, whole-number timings."""
+    if allow_empty and value in ({}, None):
+        return []
+    if not isinstance(value, Mapping) or not value:
+        return [_error(var, value, 'is not a probe mapping', ALLOWED_PROBE)]
+    errors = []  # type: List[str]
+    for key in value:
+        if key not in PROBE_HANDLERS + PROBE_NUMBERS:
+            errors.append(_error('%s.%s' % (var, key), value[key], 'is not a known field', ALLOWED_PROBE))
+    handlers = [key for key in PROBE_HANDLERS if key in value]
+    if len(handlers) != 1:
+        errors.append(_error(var, value, 'has %d handlers (%s)' % (len(handlers), ', '.join(handlers) or 'none'),
+                             ALLOWED_PROBE))
+    for key in PROBE_NUMBERS:
+        if key not in value:
+            continue
+        number = _as_int(value[key])
+        low = 1 if key in ('periodSeconds', 'successThreshold', 'failureThreshold') else 0
+        if number is None or isinstance(value[key], bool) or not low <= number <= 2147483647:
+            errors.append(_error('%s.%s' % (var, key), value[key], 'is not allowed', 'integer %d-2147483647' % low))
+    for handler in handlers:
+        body = value[handler]
+        where = '%s.%s' % (var, handler)
+        if not isinstance(body, Mapping):
+            errors.append(_error(where, body, 'is not a mapping', ALLOWED_PROBE))
+            continue
+        for key in body:
+            if key not in _PROBE_HANDLER_KEYS[handler]:
+                errors.append(_error('%s.%s' % (where, key), body[key], 'is not a known field',
+                                     'one of ' + ', '.join(_PROBE_HANDLER_KEYS[handler])))
+        if handler == 'exec':
+            command = body.get('command')
+            if not isinstance(command, list) or not command or not all(_is_str(c) and c for c in command):
+                errors.append(_error(where + '.command', command, 'is not a command',
+                                     'a non-empty list of non-empty strings'))
+            continue
+        errors.extend(check_port(where + '.port', body.get('port')))
+        host = body.get('host')
+        if host not in (None, '') and check_ip_address(where + '.host', host) and check_dns_subdomain(where, host):
+            errors.append(_error(where + '.host', host, 'is not an address or a host name',
+                                 'an IP address (such as 127.0.0.1 for an app on loopback) or a DNS name'))
+        if handler == 'httpGet':
+            if body.get('path') not in (None, '') and not (_is_str(body['path']) and body['path'].startswith('/')):
+                errors.append(_error(where + '.path', body['path'], 'is not a path', "a string starting with '/'"))
+            if body.get('scheme') not in (None, '', 'HTTP', 'HTTPS'):
+                errors.append(_error(where + '.scheme', body['scheme'], 'is not allowed', 'HTTP or HTTPS'))
+    return errors
+
+
 def _simple(check: Callable[[str, Any], List[str]]) -> Callable[[str, Any, Mapping], List[str]]:
     return lambda var, value, variables: check(var, value)
 
@@ -896,6 +960,8 @@ ISTIO_SIDECAR_RULES += [
     Rule('istio_sidecar_token_refresh_before', _sidecar_refresh_rule, False, 'integer seconds below the expiration'),
     Rule('istio_sidecar_token_audience', _sidecar_audience_rule, False, ALLOWED_AUDIENCE),
     Rule('istio_sidecar_ready_timeout', _int_range_rule(1, 3600), False, 'integer seconds 1-3600'),
+    Rule('istio_sidecar_readiness_probe', lambda var, value, variables: check_readiness_probe(var, value, True),
+         False, ALLOWED_PROBE + ", or {} for tcpSocket on the lowest port of fleetmesh_ports"),
 ] + [Rule(name, _simple(check_bool), False, ALLOWED_BOOL)
      for name in ('istio_sidecar_dns_capture', 'istio_sidecar_auto_register', 'istio_sidecar_intercept',
                   'istio_sidecar_require_ready')] + _ISTIO_SIDECAR_PATH_RULES
