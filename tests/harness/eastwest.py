@@ -199,7 +199,7 @@ class EastWestGateway:
         """Counters and gauges of the gateway's Envoy whose names start with ``prefix``."""
         found = {}
         for line in self.admin(f"/stats?filter={urllib.parse.quote('^' + re.escape(prefix))}").splitlines():
-            name, _, value = line.partition(": ")
+            name, _sep, value = line.partition(": ")
             if name.startswith(prefix) and value.strip().isdigit():
                 found[name] = int(value)
         return found

@@ -35,6 +35,10 @@ file order, as the sidecar's life does:
    Identity beyond the token: the ServiceAccount is recreated (TokenReview rejects every VM's istio-token), the
    agents restart with 40 s certificates (SECRET_TTL), renew them with the certificate they hold past the end of the
    one they restarted with, one VM restarts again and rejoins, and the mesh still answers.
+   Upgrade under traffic: while VM A calls the mesh name without pause, one ``sidecar.yml`` run upgrades the
+   istio-sidecar package (1.31.0 -> 1.31.1, build.sh: same binaries, another package version) on the other VMs, a
+   Debian VM and the EL 9 emulation, and ``rotate_certs.yml`` runs on every VM meanwhile: no call fails, each
+   upgraded VM restarts its sidecar once, keeps istiod's certificate and answers again.
 
 5. ``sidecar_offboard.yml`` (check mode first: nothing changes) removes each VM's WorkloadEntry from the API server
    and the sidecar from the VM: istiod lists the VM nowhere any more (``/debug/syncz``, ``/debug/connections``,
@@ -700,7 +704,7 @@ def test_eastwest_gateway_passes_mesh_traffic_on_15443_to_every_vm(lab, traffic)
     ctx.load_cert_chain(gateway.certs_dir / "cert-chain.pem", gateway.certs_dir / "key.pem")
     ctx.set_alpn_protocols(["istio-http/1.1"])  # Istio's mTLS ALPN: the filter chains of both Envoys match it
     reached, calls = set(), 3 * len(HOSTS)
-    for _ in range(calls):  # one connection per call: the gateway picks a VM per connection (round robin)
+    for _call in range(calls):  # one connection per call: the gateway picks a VM per connection (round robin)
         with ctx.wrap_socket(socket.create_connection((GATEWAY, 15443), timeout=5), server_hostname=SNI) as tls:
             sans = dict(tls.getpeercert().get("subjectAltName") or ())
             assert sans.get("URI") == SPIFFE, tls.getpeercert()  # the VM's sidecar, not the gateway, ends the TLS
@@ -911,6 +915,7 @@ def test_sidecar_upgrade_and_rotate_certs_under_mesh_traffic_fail_no_request(lab
     print(f"mesh calls during the upgrade and rotate_certs.yml: {len(lines)} in "
           f"{float(lines[-1][0]) - float(lines[0][0]):.0f} s, failed {len(failed)}: {failed[:20]}; "
           f"istio.service stopped/started {after}")
+    Path("/tmp/h8-up.out").write_text(up.out + "\n=====ROTATE\n" + rotated.out)  # H8-DEBUG
     assert up.rc == 0, up.out[-5000:]
     changed = changed_tasks(up.out)
     assert f"fleetmesh.envoy.istio_sidecar : Install the package file with apt: {upgraded[0]}" in changed, changed
