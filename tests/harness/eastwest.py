@@ -44,6 +44,7 @@ import re
 import socket
 import struct
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, Self
@@ -120,6 +121,7 @@ class EastWestGateway:
         self.address = address
         self.startup_timeout = startup_timeout
         self.ports: dict[str, int] = {}
+        self.timings: dict[str, float] = {}
         self._proc: Any = None
 
     @property
@@ -150,6 +152,7 @@ class EastWestGateway:
                                "tools/fetch-envoy.sh")
         if self._proc is not None:
             return self
+        t0 = time.monotonic()
         api, ns = self.pilot.api, istiod_harness.NAMESPACE
         account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SERVICE_ACCOUNT, "namespace": ns}}
         api.apply([account, *config(self.address, self.pilot.secure_grpc_port)])
@@ -169,6 +172,7 @@ class EastWestGateway:
         except BaseException:
             self.stop()
             raise
+        self.timings["ready"] = time.monotonic() - t0
         return self
 
     def _ready(self) -> bool:

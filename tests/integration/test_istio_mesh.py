@@ -212,7 +212,8 @@ def lab(tmp_path_factory):
         }
         before = on_hosts(TRACES)
         assert set(before) == set(HOSTS), before
-        print(f"lab and istiod in {time.monotonic() - t0:.0f} s")
+        print(f"lab and istiod in {time.monotonic() - t0:.0f} s (east-west gateway ready in "
+              f"{gateway.timings['ready']:.1f} s)")
         yield {"api": api, "pilot": pilot, "gateway": gateway, "vars": variables, "before": before, "state": state,
                "resolver": resolver, "root": files["root-cert.pem"].decode()}
     finally:
@@ -965,6 +966,9 @@ READY_FILE = "/srv/lab-app/ready"  # the lab app (python3 -m http.server) answer
 AUTO_PROBE = {"httpGet": {"path": "/ready", "port": PORT, "host": "127.0.0.1"},  # the app listens on loopback
               "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 1, "successThreshold": 1}
 UNREADY = "fm-el-1"  # the EL 9 emulation's app fails its readiness probe for a while
+LAB_NETWORK = "lab-network"  # fleetmesh_network (inventories/lab/group_vars/all.yml), ISTIO_META_NETWORK on the VMs
+# istiod names an auto-registered entry <group>-<address>[-<network>] (pilot/pkg/autoregistration/controller.go).
+AUTO_ENTRIES = {f"{SA}-{LAB_HOSTS[host]}-{LAB_NETWORK}" for host in HOSTS}
 
 
 def _auto_entries(api) -> dict[str, dict]:
@@ -1020,7 +1024,8 @@ def test_workload_group_auto_registration_and_health_checks(lab, traffic):
         raise AssertionError(f"{exc}; {json.dumps(_auto_entries(api), indent=1)[:3000]}") from exc
     for address, entry in _auto_entries(api).items():
         meta = entry["metadata"]
-        assert meta["name"] == f"{SA}-{address}", (host_of[address], meta["name"])  # <group>-<address>, istiod's
+        assert meta["name"] == f"{SA}-{address}-{LAB_NETWORK}", (host_of[address], meta["name"])
+        assert entry["spec"]["network"] == LAB_NETWORK, entry["spec"]
         assert meta["annotations"][AUTO_GROUP] == SA and meta["annotations"].get(HEALTH_CHECKED) == "true", meta
         assert meta["ownerReferences"][0]["kind"] == "WorkloadGroup", meta
         assert entry["spec"]["serviceAccount"] == SA and entry["spec"]["labels"]["app"] == "web", entry["spec"]
@@ -1068,8 +1073,7 @@ def test_workload_group_auto_registration_and_health_checks(lab, traffic):
 def test_offboard_removes_the_workload_entries_istiod_forgets_the_vms_and_no_trace_is_left(lab, onboarded):
     api, pilot = lab["api"], lab["pilot"]
     # The registration's entries, or istiod's after test_workload_group_auto_registration_and_health_checks.
-    entries = ({f"{SA}-{LAB_HOSTS[host]}" for host in HOSTS} if lab["state"].get("auto_registered")
-               else WORKLOAD_ENTRIES)
+    entries = AUTO_ENTRIES if lab["state"].get("auto_registered") else WORKLOAD_ENTRIES
     assert workload_entries(api) == entries
 
     checked = offboard(lab, "--check", "--diff")
