@@ -7,7 +7,7 @@ The instance's inventory variables stay available as `host.variables`."""
 import pytest
 import testinfra
 
-PODMAN_CONNECTIONS = ("containers.podman.podman", "podman")
+PODMAN_CONNECTIONS = ("containers.podman.podman", "podman", "podman_nsenter")
 
 
 @pytest.fixture

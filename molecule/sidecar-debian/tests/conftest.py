@@ -10,7 +10,7 @@ lab images carry sudo; the container user is root).
 import pytest
 import testinfra
 
-PODMAN_CONNECTIONS = ("containers.podman.podman", "podman")
+PODMAN_CONNECTIONS = ("containers.podman.podman", "podman", "podman_nsenter")
 
 
 @pytest.fixture(scope="module")
