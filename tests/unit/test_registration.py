@@ -185,11 +185,12 @@ def test_auto_registered_hosts_get_no_workload_entry_and_the_group_carries_the_p
     assert [reg.obj_key(o) for o in plan.delete] == [("WorkloadEntry", "bookinfo", "reviews-vm-2")]
     group = by_key(plan.desired)[("WorkloadGroup", "bookinfo", "reviews")]
     assert json.loads(group["metadata"]["annotations"][group_hosts]) == {"vm-1": "192.0.2.1", "vm-2": "192.0.2.2"}
-    # Removing vm-2 keeps the service (vm-1 is still registered, by istiod) and takes vm-2 off the group.
+
     def after(live, plan):
         gone = {reg.obj_key(o) for o in plan.delete} | {reg.obj_key(o) for o in plan.desired}
         return _live([o for o in live if reg.obj_key(o) not in gone] + list(plan.desired))
 
+    # Removing vm-2 keeps the service (vm-1 is still registered, by istiod) and takes vm-2 off the group.
     live = after(live, plan)
     plan = reg.plan(cfg([{"host": "vm-2"}], state="absent"), API, live)
     assert plan.delete == []
