@@ -22,7 +22,8 @@ options:
       - V(server_info) reads the version, state, uptime and hot restart epoch.
       - V(wait_ready) waits up to O(timeout) seconds until C(GET /ready) answers C(200) (state C(LIVE)).
       - V(healthcheck_fail) makes Envoy fail health checks (state C(DRAINING)) so load balancers stop sending
-        new traffic. Changed when the state was not C(DRAINING) before.
+        new traffic, then waits up to O(wait_requests_drained) seconds for the requests in flight to end.
+        Changed when the state was not C(DRAINING) before.
       - V(healthcheck_ok) makes Envoy pass health checks again. Changed when the state was C(DRAINING) before.
       - V(drain_listeners) drains the listeners (C(POST /drain_listeners)), then waits up to O(drain_wait)
         seconds for open downstream connections to close. Changed unless a non-graceful drain already stopped
@@ -55,12 +56,47 @@ options:
       - The task does not fail when connections remain; see RV(active_connections) and RV(drained).
     type: int
     default: 0
+  wait_requests_drained:
+    description:
+      - For O(action=healthcheck_fail), seconds to wait, after the health check fails, until no HTTP request is in
+        flight (the C(downstream_rq_active) gauges of every HTTP connection manager but the admin one).
+      - The task fails when requests are still in flight after that time (RV(active_requests) says how many).
+        V(0) does not wait.
+    type: int
+    default: 0
+  expect_version:
+    description:
+      - Checked before the action, which is not done when it does not hold, for example a health gate before
+        V(healthcheck_ok) (the gate and the action in one connection to the host).
+      - The Envoy version (X.Y.Z) the server must report; the task fails naming the version it reports.
+    type: str
+  expect_state:
+    description:
+      - Checked before the action, like O(expect_version). The server state Envoy must report.
+    type: str
+    choices: [LIVE, DRAINING, PRE_INITIALIZING, INITIALIZING]
+  probe_urls:
+    description:
+      - Checked before the action, like O(expect_version), in this order. URLs requested from the managed host
+        (for example a route through Envoy's own listener) that must answer C(200) within O(probe_timeout) seconds
+        each (redirects are followed when safe, as M(ansible.builtin.uri) does); the task fails naming the URL and
+        what it answered.
+    type: list
+    elements: str
+    default: []
+  probe_timeout:
+    description:
+      - Seconds to wait for the answer of each of O(probe_urls).
+    type: int
+    default: 5
 extends_documentation_fragment:
   - fleetmesh.envoy.envoy_admin
   - fleetmesh.envoy.attributes
 attributes:
   check_mode:
-    details: Reading actions run; V(healthcheck_fail), V(healthcheck_ok) and V(drain_listeners) only report whether they would change the state.
+    details: >-
+      Reading actions and the checks before the action (O(expect_version), O(expect_state), O(probe_urls)) run;
+      V(healthcheck_fail), V(healthcheck_ok) and V(drain_listeners) only report whether they would change the state.
   diff_mode:
     support: none
 seealso:
@@ -84,6 +120,19 @@ EXAMPLES = r"""
 - name: Take the host out of the load balancer before an upgrade
   fleetmesh.envoy.envoy_admin:
     action: healthcheck_fail
+
+- name: Take the host out of the load balancer and wait up to 10 seconds for its requests in flight to end
+  fleetmesh.envoy.envoy_admin:
+    action: healthcheck_fail
+    wait_requests_drained: 10
+
+- name: Health gate, then back into the load balancer (one connection to the host)
+  fleetmesh.envoy.envoy_admin:
+    action: healthcheck_ok
+    expect_version: 1.40.0
+    expect_state: LIVE
+    probe_urls:
+      - http://127.0.0.1:10000/
 
 - name: Drain listeners and wait up to 30 seconds for connections to close
   fleetmesh.envoy.envoy_admin:
@@ -133,6 +182,11 @@ stats:
   returned: when O(action=stats)
   type: dict
   sample: {"server.live": 1, "server.state": 0}
+active_requests:
+  description: HTTP requests still in flight at the end of the wait, for O(wait_requests_drained).
+  returned: when O(action=healthcheck_fail), O(wait_requests_drained) is more than 0 and not in check mode
+  type: int
+  sample: 0
 active_connections:
   description: Open downstream connections on all listeners but the admin one, after the drain wait.
   returned: when O(action=drain_listeners) and not in check mode
@@ -145,7 +199,11 @@ drained:
   sample: true
 """
 
+import re
+from urllib.error import HTTPError, URLError
+
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import open_url
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.envoy import (
     ADMIN_ARGUMENT_SPEC,
     STATE_DRAINING,
@@ -156,10 +214,44 @@ from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.envoy i
 ACTIONS = ['server_info', 'wait_ready', 'healthcheck_fail', 'healthcheck_ok', 'drain_listeners', 'stats']
 
 
+def probe(url, timeout):
+    """None when the URL answers 200, else what it answered (or why it could not)."""
+    try:
+        response = open_url(url, method='GET', timeout=timeout, follow_redirects='safe', http_agent='fleetmesh.envoy')
+        status = response.getcode()
+    except HTTPError as err:
+        status = err.code
+    except (URLError, OSError, ValueError) as err:
+        return 'no answer (%s)' % (getattr(err, 'reason', None) or err)
+    return None if status == 200 else 'HTTP %s' % status
+
+
+def gate(module, client):
+    """The checks before the action: a list of what does not hold."""
+    params = module.params
+    problems = []
+    if params['expect_version'] or params['expect_state']:
+        info = client.server_info()
+        if params['expect_version'] and info['version'] != params['expect_version']:
+            problems.append('Envoy serves version %s, expected %s' % (info['version'], params['expect_version']))
+        if params['expect_state'] and info['state'] != params['expect_state']:
+            problems.append('Envoy is %s, expected %s' % (info['state'], params['expect_state']))
+    if not problems:
+        for url in params['probe_urls']:
+            answer = probe(url, params['probe_timeout'])
+            if answer is not None:
+                problems.append('GET %s answered %s, expected HTTP 200' % (url, answer))
+                break
+    return problems
+
+
 def run(module, client):
     action = module.params['action']
     check_mode = module.check_mode
     result = {'changed': False}
+    problems = gate(module, client)
+    if problems:
+        module.fail_json(msg='checks before %s: %s; nothing was done' % (action, '; '.join(problems)))
 
     if action == 'wait_ready':
         client.wait_ready(module.params['timeout'])
@@ -173,6 +265,13 @@ def run(module, client):
             # Posting again when nothing changes is harmless and settles states that server_info cannot show
             # (health checks failed while Envoy is still initializing).
             (client.healthcheck_fail if action == 'healthcheck_fail' else client.healthcheck_ok)()
+            wait = module.params['wait_requests_drained']
+            if action == 'healthcheck_fail' and wait:
+                result['active_requests'] = client.wait_requests_drained(wait)
+                if result['active_requests']:
+                    result['server_info'] = client.server_info()
+                    module.fail_json(msg='%d request(s) still in flight %ds after the health check failed'
+                                     % (result['active_requests'], wait), **result)
     elif action == 'drain_listeners':
         result['changed'] = not client.listeners_stopped()
         if not check_mode:
@@ -193,10 +292,21 @@ def main():
         'drain_graceful': {'type': 'bool', 'default': True},
         'drain_inbound_only': {'type': 'bool', 'default': False},
         'drain_wait': {'type': 'int', 'default': 0},
+        'wait_requests_drained': {'type': 'int', 'default': 0},
+        'expect_version': {'type': 'str'},
+        'expect_state': {'type': 'str', 'choices': ['LIVE', 'DRAINING', 'PRE_INITIALIZING', 'INITIALIZING']},
+        'probe_urls': {'type': 'list', 'elements': 'str', 'default': []},
+        'probe_timeout': {'type': 'int', 'default': 5},
     })
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if module.params['drain_wait'] < 0:
-        module.fail_json(msg=f"drain_wait: {module.params['drain_wait']} is not a valid wait; allowed: seconds, 0 or more")
+    for name, least in (('drain_wait', 0), ('wait_requests_drained', 0), ('probe_timeout', 1)):
+        if module.params[name] < least:
+            module.fail_json(msg=f"{name}: {module.params[name]} is not a valid wait; allowed: seconds, {least} or more")
+    if module.params['expect_version'] is not None and not re.match(r'^\d+\.\d+\.\d+$', module.params['expect_version']):
+        module.fail_json(msg=f"expect_version: {module.params['expect_version']!r} is not a version; allowed: X.Y.Z")
+    if module.params['wait_requests_drained'] and module.params['action'] != 'healthcheck_fail':
+        module.fail_json(msg=f"wait_requests_drained: {module.params['wait_requests_drained']} is set for action "
+                             f"{module.params['action']}; allowed: only with action healthcheck_fail")
     try:
         client = AdminClient(module.params['address'], module.params['port'], module.params['timeout'],
                              module.params['allow_non_loopback'])

@@ -223,6 +223,31 @@ def test_envoy_admin_healthcheck_fail_then_ok(play, envoy):
     assert ok_again['changed'] is False and ok_again['server_info']['state'] == 'LIVE'
 
 
+def test_envoy_admin_drain_wait_then_gate_before_healthcheck_ok(play, envoy):
+    """upgrade.yml's drain and health gate, each one task: healthcheck_fail waits for the requests in flight to end;
+    healthcheck_ok with expect_* and probe_urls re-enables the health check only when they all hold."""
+    url = f'http://127.0.0.1:{envoy.listener_port}/'
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        closed = f'http://127.0.0.1:{sock.getsockname()[1]}/'
+    drained = play(admin_task(envoy, 'healthcheck_fail', wait_requests_drained=3))
+    assert drained.get('failed') is not True, drained
+    assert drained['active_requests'] == 0 and drained['server_info']['state'] == 'DRAINING'
+    for gate, words in (({'expect_version': '1.39.3'}, 'Envoy serves version 1.40.0, expected 1.39.3'),
+                        ({'expect_state': 'LIVE'}, 'Envoy is DRAINING, expected LIVE'),
+                        ({'probe_urls': [url, closed]}, f'GET {closed} answered no answer')):
+        refused = play(admin_task(envoy, 'healthcheck_ok', **gate))
+        assert refused['failed'] is True and words in refused['msg'] and 'nothing was done' in refused['msg'], refused
+        assert play(admin_task(envoy, 'server_info'))['server_info']['state'] == 'DRAINING', 'the action was done'
+    passed = play(admin_task(envoy, 'healthcheck_ok', expect_version='1.40.0', expect_state='DRAINING',
+                             probe_urls=[url]))
+    assert passed.get('failed') is not True and passed['changed'] is True, passed
+    assert passed['server_info']['state'] == 'LIVE'
+    wrong = play(admin_task(envoy, 'healthcheck_ok', wait_requests_drained=3))
+    assert wrong['failed'] is True
+    assert wrong['msg'].startswith('wait_requests_drained: 3 is set for action healthcheck_ok; allowed: only with')
+
+
 def test_envoy_admin_wait_ready_and_stats(play, envoy):
     ready = play(admin_task(envoy, 'wait_ready', timeout=5))
     assert ready['ready'] is True and ready['changed'] is False

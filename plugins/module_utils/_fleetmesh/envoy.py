@@ -184,6 +184,11 @@ class AdminClient:
         return sum(int(value) for name, value in stats.items()
                    if not name.startswith('listener.admin.') and not re.search(r'\.worker_\d+\.', name))
 
+    def active_requests(self) -> int:
+        """In-flight HTTP requests on every HTTP connection manager except the admin one."""
+        stats = self.stats(r'^http\..*\.downstream_rq_active$')
+        return sum(int(value) for name, value in stats.items() if not name.startswith('http.admin.'))
+
     def listeners_stopped(self) -> bool:
         """Whether a non-graceful drain has already stopped the listeners."""
         stats = self.stats(r'^listener_manager\.(listener_stopped|total_listeners_active)$')
@@ -205,6 +210,15 @@ class AdminClient:
         if inbound_only:
             params.append(('inboundonly', None))
         self._expect_ok('POST', '/drain_listeners', params)
+
+    def wait_requests_drained(self, timeout: float, interval: float = 0.25) -> int:
+        """Poll until no HTTP request is in flight or ``timeout`` passes; the last count."""
+        deadline = time.monotonic() + timeout
+        while True:
+            active = self.active_requests()
+            if active == 0 or time.monotonic() >= deadline:
+                return active
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
     def wait_connections_drained(self, timeout: float, interval: float = 0.5) -> int:
         """Poll until no downstream connection is open or ``timeout`` passes; the last count."""
