@@ -130,3 +130,15 @@ class Traffic:
     def percentile(self, p: float) -> float:
         xs = sorted(self.latencies)
         return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else 0.0
+
+
+def lab_vms_used_later(request) -> bool:
+    """Whether a test after this module, in this session, uses the lab VMs as lab modules leave them: an
+    integration lab module that does not take the lab network down (molecule and the lab_network_down modules,
+    which run last in `make test`, make their own). Lets a module skip putting the lab back when nothing reads it."""
+    from tests.conftest import needs_lab  # noqa: PLC0415 (conftest imports nothing of this module; no cycle)
+
+    items = request.session.items
+    last = max((i for i, item in enumerate(items) if Path(str(item.path)) == Path(str(request.path))), default=-1)
+    return any(needs_lab(item.path) and "integration" in Path(str(item.path)).parts
+               and item.get_closest_marker("lab_network_down") is None for item in items[last + 1:])
