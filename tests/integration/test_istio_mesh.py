@@ -39,8 +39,15 @@ file order, as the sidecar's life does:
    istio-sidecar package (1.31.0 -> 1.31.1, build.sh: same binaries, another package version) on the other VMs, a
    Debian VM and the EL 9 emulation, and ``rotate_certs.yml`` runs on every VM meanwhile: no call fails, each
    upgraded VM restarts its sidecar once, keeps istiod's certificate and answers again.
+   Auto-registration: one run of ``register.yml`` and ``sidecar.yml`` (``--skip-tags istio_sidecar_install``)
+   switches every VM to a WorkloadGroup with a probe (httpGet 127.0.0.1:8080/ready) and
+   ``istio_sidecar_auto_register``: the registration's WorkloadEntries go, istiod creates one per VM (Debian and the
+   EL 9 emulation), health-checked and healthy; when the EL VM's app fails the probe istiod marks its entry
+   unhealthy and VM A's calls (all 200) are served by the Debian VMs only, until it passes again. The VMs stay
+   auto-registered.
 
 5. ``sidecar_offboard.yml`` (check mode first: nothing changes) removes each VM's WorkloadEntry from the API server
+   (the registration's, or the WorkloadGroup, after which istiod deletes its entries once the agents are gone)
    and the sidecar from the VM: istiod lists the VM nowhere any more (``/debug/syncz``, ``/debug/connections``,
    ``/debug/endpointz``), and no trace is left on the VM (files, hosts block, package, user); the command that
    looks for traces sees them while the VMs are onboarded, so the check is not vacuous. Offboarding again changes
