@@ -121,6 +121,9 @@ class Connection(PodmanConnection):
         argv = ["nsenter", f"--target={self._pid}", "--mount", "--uts", "--ipc", "--net", "--pid", "--",
                 "env", "-i", *self._env, *shlex.split(to_native(cmd, errors="surrogate_or_strict"))]
         display.vvv(f"NSENTER {argv}", host=self._container_id)
-        proc = subprocess.run([to_bytes(a, errors="surrogate_or_strict") for a in argv], input=in_data,
-                              capture_output=True, check=False)
+        argv = [to_bytes(a, errors="surrogate_or_strict") for a in argv]
+        if in_data is None:  # as podman exec without --interactive: no standard input
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        else:
+            proc = subprocess.run(argv, input=in_data, capture_output=True, check=False)
         return proc.returncode, proc.stdout, proc.stderr
