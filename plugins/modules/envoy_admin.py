@@ -200,30 +200,17 @@ drained:
 """
 
 import re
-from urllib.error import HTTPError, URLError
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import open_url
 from ansible_collections.fleetmesh.envoy.plugins.module_utils._fleetmesh.envoy import (
     ADMIN_ARGUMENT_SPEC,
     STATE_DRAINING,
     AdminClient,
     EnvoyAdminError,
+    probe_url,
 )
 
 ACTIONS = ['server_info', 'wait_ready', 'healthcheck_fail', 'healthcheck_ok', 'drain_listeners', 'stats']
-
-
-def probe(url, timeout):
-    """None when the URL answers 200, else what it answered (or why it could not)."""
-    try:
-        response = open_url(url, method='GET', timeout=timeout, follow_redirects='safe', http_agent='fleetmesh.envoy')
-        status = response.getcode()
-    except HTTPError as err:
-        status = err.code
-    except (URLError, OSError, ValueError) as err:
-        return 'no answer (%s)' % (getattr(err, 'reason', None) or err)
-    return None if status == 200 else 'HTTP %s' % status
 
 
 def gate(module, client):
@@ -238,7 +225,7 @@ def gate(module, client):
             problems.append('Envoy is %s, expected %s' % (info['state'], params['expect_state']))
     if not problems:
         for url in params['probe_urls']:
-            answer = probe(url, params['probe_timeout'])
+            answer = probe_url(url, params['probe_timeout'])
             if answer is not None:
                 problems.append('GET %s answered %s, expected HTTP 200' % (url, answer))
                 break

@@ -5,14 +5,14 @@ inventory model given as an extra var (so it applies to every host). The bad val
 any change report every error of a kind they find (the preflight module lists them all), so one run can carry
 several bad values of different variables. A group never holds two values of one variable, and keeps apart what one
 check stops at before the next looks: control characters in the collection's other variables (checked first), the
-model of each host (its own control characters included), and the fleet
-(two hosts with one address, checked only once every host's model resolves). For each run the test asserts a
-non-zero exit, for each bad value of the group a line of the error naming its variable with its words, "nothing was
-changed", and no task reporting a change. Around all the runs (every runbook with every group, RUNS_AT_ONCE at a time) it takes a snapshot of every VM (contents, modes and owners of
-every file under /etc, /opt, /usr/local, /var/lib, /srv and /home; users; groups; systemd units; the processes the
-collection could start) and of every object in the cluster's namespaces, and asserts they are byte-for-byte the same
-afterwards: one snapshot pair instead of one per runbook (a change shows in the diff, which names the files; rerun
-with FLEETMESH_BAD_INPUT_RUNBOOKS=<runbook>,... to find which runbook made it).
+model of each host (its own control characters included), and the fleet (two hosts with one address, checked only
+once every host's model resolves). For each run the test asserts a non-zero exit, for each bad value of the group a
+line of the error naming its variable with its words, "nothing was changed", and no task reporting a change. Around
+all the runs (every runbook with every group, RUNS_AT_ONCE at a time) it takes a snapshot of every VM (contents,
+modes and owners of every file under /etc, /opt, /usr/local, /var/lib, /srv and /home; users; groups; systemd
+units; the processes the collection could start) and of every object in the cluster's namespaces, and asserts they
+are byte-for-byte the same afterwards: one snapshot pair instead of one per runbook (a change shows in the diff,
+which names the files; rerun with FLEETMESH_BAD_INPUT_RUNBOOKS=<runbook>,... to find which runbook made it).
 """
 
 from __future__ import annotations

@@ -230,6 +230,19 @@ class AdminClient:
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
+def probe_url(url: str, timeout: float) -> Optional[str]:
+    """None when the URL answers 200 (redirects followed when safe, as ansible.builtin.uri does), else what it
+    answered or why it could not: a health gate's request through Envoy's listener, from the managed host."""
+    try:
+        response = open_url(url, method='GET', timeout=timeout, follow_redirects='safe', http_agent='fleetmesh.envoy')
+        status = response.getcode()
+    except HTTPError as err:
+        status = err.code
+    except (URLError, OSError, ValueError, http.client.HTTPException) as err:
+        return f'no answer ({getattr(err, "reason", None) or err})'
+    return None if status == 200 else f'HTTP {status}'
+
+
 # ------------------------------------------------------------------------------------------------
 # envoy --mode validate
 # ------------------------------------------------------------------------------------------------
