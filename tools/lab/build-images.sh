@@ -38,6 +38,7 @@ customize_common=(
   --customize-hook='chroot "$1" systemctl enable ssh.service'
   --customize-hook='for u in getty@tty1 systemd-logind apt-daily.timer apt-daily-upgrade.timer e2scrub_reap systemd-timesyncd; do chroot "$1" systemctl mask $u >/dev/null 2>&1 || true; done'
   --customize-hook=': > "$1/etc/machine-id"; rm -f "$1/var/lib/dbus/machine-id"'
+  --customize-hook='printf "%s\n" "# fleetmesh lab VM: no package source outside the lab; the lab serves its own (fm-repo, local files)." > "$1/etc/apt/sources.list"'
 )
 
 build_debian() {
