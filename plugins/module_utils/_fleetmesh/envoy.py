@@ -24,7 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote
 
@@ -211,23 +211,23 @@ class AdminClient:
             params.append(('inboundonly', None))
         self._expect_ok('POST', '/drain_listeners', params)
 
-    def wait_requests_drained(self, timeout: float, interval: float = 0.25) -> int:
-        """Poll until no HTTP request is in flight or ``timeout`` passes; the last count."""
+    @staticmethod
+    def _wait_for_zero(count: Callable[[], int], timeout: float, interval: float) -> int:
+        """Poll ``count`` until it is 0 or ``timeout`` passes; the last count."""
         deadline = time.monotonic() + timeout
         while True:
-            active = self.active_requests()
+            active = count()
             if active == 0 or time.monotonic() >= deadline:
                 return active
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
+    def wait_requests_drained(self, timeout: float, interval: float = 0.25) -> int:
+        """Poll until no HTTP request is in flight or ``timeout`` passes; the last count."""
+        return self._wait_for_zero(self.active_requests, timeout, interval)
+
     def wait_connections_drained(self, timeout: float, interval: float = 0.5) -> int:
         """Poll until no downstream connection is open or ``timeout`` passes; the last count."""
-        deadline = time.monotonic() + timeout
-        while True:
-            active = self.active_connections()
-            if active == 0 or time.monotonic() >= deadline:
-                return active
-            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        return self._wait_for_zero(self.active_connections, timeout, interval)
 
 
 def probe_url(url: str, timeout: float) -> Optional[str]:
