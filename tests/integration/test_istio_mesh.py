@@ -34,7 +34,8 @@ file order, as the sidecar's life does:
    network's DNS address, standing in for podman's aardvark-dns).
    Identity beyond the token: the ServiceAccount is recreated (TokenReview rejects every VM's istio-token), the
    agents restart with 40 s certificates (SECRET_TTL), renew them with the certificate they hold past the end of the
-   one they restarted with, one VM restarts again and rejoins, and the mesh still answers.
+   one they restarted with, a Debian VM and the EL 9 emulation reboot (``podman restart``, no play run) and
+   rejoin, and the mesh still answers.
    Upgrade under traffic: while VM A calls the mesh name without pause, one ``sidecar.yml`` run upgrades the
    istio-sidecar package (1.31.0 -> 1.31.1, build.sh: same binaries, another package version) on the other VMs, a
    Debian VM and the EL 9 emulation, and ``rotate_certs.yml`` runs on every VM meanwhile: no call fails, each
@@ -99,6 +100,7 @@ from kubeapi_pytest import require_istiod, require_kube_binaries
 
 from tests.conftest import ROOT, need
 from tests.integration.labutil import LAB_HOSTS, extra, get, lab_up, on_hosts, playbook
+from tests.integration.labutil import env as labutil_env
 
 pytestmark = [pytest.mark.lab, pytest.mark.kube]
 
@@ -545,7 +547,7 @@ def test_capture_rules_on_every_vm(lab, traffic):
 
 EXTRA_NAME, EXTRA_ADDRESS = "fm-mesh-test-extra.lab.internal", "10.213.77.250"  # added to /etc/hosts by the test
 # One round per VM: the mesh name, istiod's name (the role's hosts block), a name the test adds to /etc/hosts (and
-# takes out again: podman bind-mounts /etc/hosts, so it is rewritten in place), and the other lab VMs' names, which
+# takes out again, in place), and the other lab VMs' names, which
 # only the VM's resolver (the first nameserver of resolv.conf, on the lab network's gateway) answers.
 _RESOLVE = (f"echo '{EXTRA_ADDRESS} {EXTRA_NAME} # mesh-test' >> /etc/hosts; "
             f"echo mesh $(getent hosts {NAME} | cut -d' ' -f1); "
@@ -732,7 +734,8 @@ def test_eastwest_gateway_passes_mesh_traffic_on_15443_to_every_vm(lab, traffic)
 # -- identity beyond the token (issue 14, item 5) -----------------------------------------------------------------
 
 SECRET_TTL = 40  # seconds: the agent renews at half of it (SECRET_GRACE_PERIOD_RATIO 0.5)
-RESTARTED = "fm-el-1"  # restarted a second time, after its renewals, with the token still rejected
+REBOOTED = sorted(OTHERS)  # a Debian VM and the EL 9 emulation reboot after their renewals, the token still rejected
+_BOOT_MARK = "/run/fleetmesh-mesh-test-boot"  # /run is a tmpfs on the lab VMs: a reboot empties it
 _CLUSTER_ENV = "/var/lib/istio/envoy/cluster.env"
 _READY = ("for i in $(seq 120); do [ \"$(curl -s -o /dev/null -w '%{http_code}' "
           "http://127.0.0.1:15021/healthz/ready)\" = 200 ] && break; sleep 0.5; done")
@@ -742,6 +745,42 @@ _RESTART = ("old=$(sha256sum < /etc/certs/cert-chain.pem); systemctl restart ist
             "sleep 0.5; done")
 _CERT_NOW = (f"echo at $(date +%s); echo cert $(base64 -w0 /etc/certs/cert-chain.pem); "
              f"echo admin $({_ADMIN_CERTS} | base64 -w0)")
+
+
+def _reboot(hosts: list[str]) -> dict[str, str]:
+    """Reboot lab VMs as the lab can (``podman restart``, tools/lab/lab.sh: systemd stops every service, /run and
+    /tmp are emptied, the network namespace is new, systemd boots the VM with its enabled units) and wait, without
+    any play run, until each VM's sidecar is ready with another certificate in /etc/certs; ``_CERT_NOW`` of each
+    VM after its boot. podman writes the VM's resolv.conf anew at the start: the test's is put back (see
+    SAVED_RESOLV; the agent read podman's when it started, and nothing on these VMs asks it for a name outside the
+    mesh from here on)."""
+    targets = ",".join(hosts)
+    before = on_hosts(f"sha256sum < /etc/certs/cert-chain.pem > /var/tmp/mesh-test-cert.sum; touch {_BOOT_MARK}; "
+                      "echo marked", targets)
+    assert before == {h: "marked" for h in hosts}, before
+    t0 = time.monotonic()
+    restart = subprocess.run(["podman", "restart", "--time", "10", *hosts], env=labutil_env(), capture_output=True,
+                             text=True, check=False, timeout=120)
+    assert restart.returncode == 0, restart.stderr
+    after: dict[str, str] = {}
+    while time.monotonic() - t0 < 90 and set(after) != set(hosts):
+        time.sleep(1)
+        up = on_hosts(f"[ -e {_BOOT_MARK} ] && echo not rebooted; "
+                      f"printf 'search dns.podman\\nnameserver {GATEWAY}\\n' > /etc/resolv.conf; "
+                      f"systemctl is-system-running --wait >/dev/null; {_READY}; "
+                      "for i in $(seq 60); do [ \"$(sha256sum < /etc/certs/cert-chain.pem)\" != "
+                      "\"$(cat /var/tmp/mesh-test-cert.sum)\" ] && break; sleep 0.5; done; "
+                      "rm -f /var/tmp/mesh-test-cert.sum; "
+                      f"echo istio $(systemctl is-active istio); {_CERT_NOW}",
+                      ",".join(sorted(set(hosts) - set(after))))
+        after.update({h: out for h, out in up.items() if "\nistio " in f"\n{out}"})
+    assert set(after) == set(hosts), (after, f"not back with a ready sidecar {time.monotonic() - t0:.0f} s after "
+                                             "podman restart")
+    for host, out in after.items():
+        assert "not rebooted" not in out and "istio active" in out, (host, out)
+    print(f"rebooted {', '.join(hosts)}: sidecars ready with new certificates {time.monotonic() - t0:.1f} s after "
+          "podman restart")
+    return after
 
 
 def _issued(pilot) -> int:
@@ -777,12 +816,13 @@ def _held(out: str, host: str, root: str, lifetime: int | None = None) -> x509.C
     return leaf
 
 
-def test_certificates_renew_without_the_token_and_after_a_restart(lab, traffic):
+def test_certificates_renew_without_the_token_and_after_a_reboot(lab, traffic):
     """After the first bootstrap the agent authenticates its CSRs with the certificate it holds (PROV_CERT and
     OUTPUT_CERTS are both /etc/certs; istiod's ClientCertAuthenticator comes before the token), so a rejected
     istio-token cuts no VM off: the ServiceAccount is deleted and recreated (TokenReview now rejects every VM's
     token), the agents run with short certificates (SECRET_TTL), restart, and keep renewing past the lifetime of the
-    certificate they restarted with; a second restart after that still rejoins; the mesh still answers."""
+    certificate they restarted with; a reboot of a Debian VM and of the EL 9 emulation after that (podman restart,
+    no play run) still rejoins; the mesh still answers."""
     api, pilot = lab["api"], lab["pilot"]
     root = pilot.root_cert(NS)
     tokens = {h: t.strip() for h, t in on_hosts("cat /var/run/secrets/tokens/istio-token").items()}
@@ -809,22 +849,21 @@ def test_certificates_renew_without_the_token_and_after_a_restart(lab, traffic):
 
     # Renewal without a restart and without the token, past the end of the certificate each agent restarted with.
     wait_until = max(c.not_valid_after_utc for c in first.values()).timestamp() + 2
-    renewed = on_hosts(
-        f"while [ $(date +%s) -lt {int(wait_until)} ]; do sleep 1; done; {_CERT_NOW}; "
-        f"if [ \"$(hostname -s)\" = {RESTARTED} ]; then echo restart; {_RESTART}; {_CERT_NOW}; fi")
+    renewed = on_hosts(f"while [ $(date +%s) -lt {int(wait_until)} ]; do sleep 1; done; {_CERT_NOW}")
     assert set(renewed) == set(HOSTS), renewed
     leaves = {}
     for host, out in renewed.items():
         # valid when read, which is after the end of the certificate the agent restarted with
-        leaves[host] = _held(out.split("\nrestart\n", 1)[0], host, root, SECRET_TTL)
+        leaves[host] = _held(out, host, root, SECRET_TTL)
         assert leaves[host].serial_number != first[host].serial_number, host  # renewed by the running agent
-    # The second restart, with the renewed certificate and the rejected token: rejoined with a new certificate.
-    second = _held(renewed[RESTARTED].split("\nrestart\n", 1)[1], RESTARTED, root, SECRET_TTL)
-    assert second.serial_number != leaves[RESTARTED].serial_number, RESTARTED
-    assert on_hosts("systemctl is-active istio", RESTARTED) == {RESTARTED: "active"}
+    # A reboot, without a play run, with the renewed certificate and the rejected token: rejoined with a new one.
+    rebooted = _reboot(REBOOTED)
+    for host, out in rebooted.items():
+        second = _held(out, host, root, SECRET_TTL)
+        assert second.serial_number != leaves[host].serial_number, host
     assert not any(_review(api, t).get("authenticated") for t in tokens.values())  # the tokens are still rejected
-    assert _issued(pilot) - issued >= 2 * len(HOSTS) + 1, (issued, _issued(pilot))  # each one by istiod's CA
-    # The mesh still answers, the restarted VM included.
+    assert _issued(pilot) - issued >= 2 * len(HOSTS) + len(REBOOTED), (issued, _issued(pilot))  # all by istiod's CA
+    # The mesh still answers, the rebooted VMs included.
     _wait_calls("200")
     pages = _calls(12)
     assert all(code == "200" for code, _body in pages), pages

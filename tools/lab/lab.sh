@@ -19,6 +19,10 @@
 # dedicated network fleetmesh-lab (10.213.77.0/24): Debian from .11, EL from .51.
 # Each VM has NET_ADMIN and NET_RAW, which the Istio sidecar's traffic capture (istio-iptables) needs, as root on a
 # real VM has them (docs/istio-mesh.md, traffic capture).
+# A VM's /etc/hosts is its own file (--no-hosts: podman would rewrite the file it manages at every start, which a VM's
+# reboot does not do, and drop the Istio sidecar's block); `up` writes its name and address there once. A reboot of a
+# VM is `podman restart NAME`: /run and /tmp are empty again (tmpfs), the network namespace is new, systemd boots.
+# The label fleetmesh-lab-spec names the version of these options: `up` replaces a VM made with other ones.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -32,6 +36,7 @@ deb_image="localhost/fleetmesh-lab-debian12:$tag"
 el_image="${FLEETMESH_EL9_IMAGE:-localhost/fleetmesh-lab-el9-emulated:$tag}"
 inv_extra="$root/inventories/lab/generated_hosts.yml"
 checkout="$(printf '%s' "$root" | sha256sum | cut -c1-16)"
+spec=2  # the version of the `podman run` options below; change it with them
 ssh_timeout="${FLEETMESH_LAB_SSH_TIMEOUT:-90}"
 
 die() { echo "lab: $*" >&2; exit 2; }
@@ -95,8 +100,8 @@ reuse_or_remove() {
   local name="$1" image="$2" info lab mine path have
   kept=0
   podman container exists "$name" || return 0
-  info="$(podman inspect -f '{{index .Config.Labels "fleetmesh-lab"}}|{{index .Config.Labels "fleetmesh-lab-checkout"}}|{{index .Config.Labels "fleetmesh-lab-root"}}|{{.ImageName}}' "$name")"
-  IFS='|' read -r lab mine path have <<<"$info"
+  info="$(podman inspect -f '{{index .Config.Labels "fleetmesh-lab"}}|{{index .Config.Labels "fleetmesh-lab-checkout"}}|{{index .Config.Labels "fleetmesh-lab-root"}}|{{.ImageName}}|{{index .Config.Labels "fleetmesh-lab-spec"}}' "$name")"
+  IFS='|' read -r lab mine path have made <<<"$info"
   if [ "$lab" != 1 ]; then
     die "a container named $name exists that is not a lab VM (no label fleetmesh-lab=1); remove or rename it (podman rm -f $name), then run lab.sh up again"
   fi
@@ -105,6 +110,8 @@ reuse_or_remove() {
     echo "lab: replacing $name: another checkout made it ($path); its VMs hold that checkout's SSH key" >&2
   elif [ "$have" != "$image" ]; then
     echo "lab: replacing $name: it runs $have, the lab image is now $image" >&2
+  elif [ "$made" != "$spec" ]; then
+    echo "lab: replacing $name: it was made with other podman options (spec '$made', now $spec)" >&2
   else
     kept=1; return 0
   fi
@@ -134,11 +141,12 @@ up() {
       continue
     fi
     podman run -d --name "$name" --hostname "$name" --label fleetmesh-lab=1 \
-      --label "fleetmesh-lab-checkout=$checkout" --label "fleetmesh-lab-root=$root" \
-      --network "$net" --ip "$ip" --systemd=always --ulimit nofile=16384:16384 --ulimit nproc=4096:4096 --cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add NET_RAW \
+      --label "fleetmesh-lab-checkout=$checkout" --label "fleetmesh-lab-root=$root" --label "fleetmesh-lab-spec=$spec" \
+      --network "$net" --ip "$ip" --no-hosts --systemd=always --ulimit nofile=16384:16384 --ulimit nproc=4096:4096 --cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add NET_RAW \
       --tmpfs /tmp --tmpfs /run \
       -v "$state/authorized_keys:/etc/ssh/lab_authorized_keys:ro" \
       "$image" /sbin/init >/dev/null
+    podman exec "$name" sh -c 'printf "%s\t%s\n" "$1" "$2" >> /etc/hosts' sh "$ip" "$name"
     started+=("$name")
   done < <(names_for "$n")
   # Every VM must answer: collect each background wait's status (a bare `wait` would return 0).
