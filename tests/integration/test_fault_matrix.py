@@ -307,8 +307,12 @@ def test_fault_row(lab, row, tmp_path):
         assert traffic.ok > 50
         assert traffic.failed == 0, traffic.errors
     finally:
+        t1 = time.monotonic()
         for fix in restore:
             fix()
+        if restore:
+            with log.open("a") as f:
+                f.write(f"# fault undone: {time.monotonic() - t1:.1f} s\n")
 
     if row == "unavailable":
         # The same command refuses the same way, and still touches nothing.
@@ -323,7 +327,7 @@ def test_fault_row(lab, row, tmp_path):
     with Traffic([f"http://{ip}:10000/" for ip in HOSTS.values()], max_seconds=600) as traffic:
         again = playbook(*args)
     with log.open("a") as f:
-        f.write(f"# converging run {frm} -> {to}: {again.seconds:.1f} s\n")
+        f.write(f"{again.out}\n# converging run {frm} -> {to}: {again.seconds:.1f} s\n")
     assert again.rc == 0, again.out[-6000:]
     assert report_of(report)["result"] == "complete"
     assert f"Rollout to {to} complete on {len(HOSTS)} hosts" in again.out
