@@ -32,7 +32,8 @@ doctor: setup
 	@tools/doctor.sh
 
 # The Go builds for the test harness and the demo: kube-apiserver + etcd (about 4 min cold on 2 cores),
-# Contour (about 2 min cold) and istiod (about 4.5 min on a cache warmed by pilot-agent); a few seconds when cached.
+# Contour (about 1.5 min cold), pilot-agent with the istio-sidecar test package, and istiod (about 3.5 min each
+# cold); a few seconds when cached.
 kube-build: setup
 	@tools/setup.sh kube contour istiod
 

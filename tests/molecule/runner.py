@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 from tests.conftest import ROOT
 
@@ -52,13 +53,21 @@ def start() -> dict[str, Future]:
         if _runs is not None:
             return _runs
         env = dict(os.environ, ANSIBLE_NOCOLOR="1", NO_COLOR="1", ANSIBLE_FORCE_COLOR="0", PY_COLORS="0")
-        # The debian and rhel scenarios both start fm-repo in prepare when it is not running: start it once here,
-        # so that two prepares do not race to create it.
-        repo = subprocess.run([str(ROOT / "tools" / "lab" / "repo.sh"), "up"], env=env, capture_output=True,
-                              text=True, check=False, timeout=600)
+        # The debian and rhel scenarios both build the Envoy repositories (the envoy_repo role) and start fm-repo in
+        # prepare: on a cold cache there is no repository yet, and fm-repo cannot serve one, so build it once here
+        # (as playbooks/envoy_repo.yml) and start fm-repo once, so that two prepares do not race to create either.
+        cache = Path(env.get("FLEETMESH_CACHE") or "/var/cache/fleetmesh")
+        repo_dir = Path(env.get("FLEETMESH_REPO_DIR") or cache / "repo")
+        repo = None
+        if not (repo_dir / "deb" / "Packages").is_file():
+            repo = subprocess.run([shutil.which("ansible-playbook") or "ansible-playbook", "playbooks/envoy_repo.yml"],
+                                  cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=900)
+        if repo is None or repo.returncode == 0:
+            repo = subprocess.run([str(ROOT / "tools" / "lab" / "repo.sh"), "up"], env=env, capture_output=True,
+                                  text=True, check=False, timeout=600)
         if repo.returncode != 0:
             failed: Future = Future()
-            failed.set_exception(AssertionError(f"tools/lab/repo.sh up failed:\n{repo.stdout}{repo.stderr}"))
+            failed.set_exception(AssertionError(f"{' '.join(repo.args)} failed:\n{repo.stdout[-3000:]}{repo.stderr}"))
             _runs = {s: failed for s in ORDER}
             return _runs
         _pool = ThreadPoolExecutor(max_workers=max(1, WORKERS), thread_name_prefix="molecule")
