@@ -97,7 +97,7 @@ wait_ssh() { # NAME IP: 0 once the VM answers SSH with this checkout's key, 1 af
 # Keep an existing container NAME only if this checkout made it from IMAGE; remove it otherwise.
 # Sets kept=1 when it is kept.
 reuse_or_remove() {
-  local name="$1" image="$2" info lab mine path have
+  local name="$1" image="$2" info lab mine path have made
   kept=0
   podman container exists "$name" || return 0
   info="$(podman inspect -f '{{index .Config.Labels "fleetmesh-lab"}}|{{index .Config.Labels "fleetmesh-lab-checkout"}}|{{index .Config.Labels "fleetmesh-lab-root"}}|{{.ImageName}}|{{index .Config.Labels "fleetmesh-lab-spec"}}' "$name")"
